@@ -1,0 +1,41 @@
+"""Sessions: ``tests`` (the CI suite), ``demo`` (the main job), ``bench`` (benchmarks).
+
+Virtual environments live in ``~/.cache/fcvc/nox`` (``FCVC_NOX_ENVDIR`` overrides) and are reused:
+every session still runs ``pip install -c constraints.txt`` so a reused environment is brought to the
+pinned versions, and the project itself is reinstalled from this checkout each time.
+"""
+
+import os
+
+import nox
+
+nox.options.envdir = os.environ.get("FCVC_NOX_ENVDIR", os.path.expanduser("~/.cache/fcvc/nox"))
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+
+def install(session: nox.Session, extras: str = "") -> None:
+    session.install("-c", "constraints.txt", f".{extras}")
+    session.install("--no-deps", "--force-reinstall", ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (pass pytest options after --, e.g. ``nox -s tests -- -m 'not slow'``)."""
+    install(session, "[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """``fcvc demo`` on the bundled sample set (extra options after --)."""
+    install(session)
+    session.run("fcvc", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, each printing JSON with side-by-side ratios."""
+    install(session)
+    for name in ("extract", "decode", "train"):
+        session.run("fcvc", "bench", name, "--json", *session.posargs)

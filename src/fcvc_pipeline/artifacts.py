@@ -1,0 +1,185 @@
+"""Atomic writes, fingerprints and stage manifests (the caching contract of DESIGN.md section 4).
+
+A stage's output directory carries ``manifest.json``, written last and atomically, holding the stage
+name, the stage version, the config fields that change outputs, and fingerprints of its inputs.
+:func:`check_manifest` compares a stored manifest with the one a rerun would write and says either
+``up to date`` or why the stage must run again, in the style of DVC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+
+
+def _default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default, ensure_ascii=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 (hex) of the canonical JSON of ``obj``."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Content hash of a file plus its size (the name is not part of it)."""
+    p = Path(path)
+    return {"sha256": file_sha256(p), "size": p.stat().st_size}
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_default, ensure_ascii=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temp file + ``os.replace`` (a crash never leaves half a checkpoint)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, turning a parse error into an :class:`InputError` that names the position."""
+    from fcvc_pipeline.errors import InputError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+
+
+@dataclass
+class Manifest:
+    """What produced an artifact. Equality of (stage, version, config, inputs) means up to date."""
+
+    stage: str
+    version: int
+    config: dict[str, Any]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    def key(self) -> dict[str, Any]:
+        return {"stage": self.stage, "version": self.version, "config": self.config, "inputs": self.inputs}
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.key())
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"fingerprint": self.fingerprint()}
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    atomic_write_json(path, manifest.to_json())
+    return path
+
+
+def read_manifest(directory: str | Path) -> Manifest | None:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest(stage=raw["stage"], version=raw["version"], config=raw["config"],
+                        inputs=raw.get("inputs", {}), outputs=raw.get("outputs", {}),
+                        created=raw.get("created", 0.0))
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable manifest means "not up to date", never a crash
+
+
+@dataclass(frozen=True)
+class Freshness:
+    up_to_date: bool
+    reason: str
+
+
+def _diff(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k not in old:
+            out.append(f"{kind} '{k}' is new")
+        elif k not in new:
+            out.append(f"{kind} '{k}' was removed")
+        elif canonical_json(old[k]) != canonical_json(new[k]):
+            if kind == "config" and not isinstance(old[k], (dict, list)) and not isinstance(new[k], (dict, list)):
+                out.append(f"config '{k}' changed ({old[k]!r} -> {new[k]!r})")
+            else:
+                out.append(f"{kind} '{k}' changed")
+    return out
+
+
+def check_manifest(directory: str | Path, expected: Manifest) -> Freshness:
+    """Compare the manifest stored in ``directory`` with ``expected``."""
+    old = read_manifest(directory)
+    if old is None:
+        return Freshness(False, "no previous output")
+    if old.stage != expected.stage:
+        return Freshness(False, f"the directory holds output of stage '{old.stage}'")
+    if old.version != expected.version:
+        return Freshness(False, f"stage version changed ({old.version} -> {expected.version})")
+    reasons = _diff("config", old.config, expected.config) + _diff("input", old.inputs, expected.inputs)
+    if reasons:
+        return Freshness(False, "; ".join(reasons))
+    return Freshness(True, "up to date")

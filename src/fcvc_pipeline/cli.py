@@ -1,0 +1,71 @@
+"""The ``fcvc`` command line: a registry of subcommands, each loaded only when used.
+
+Every command module lives in :mod:`fcvc_pipeline.commands` and is a thin Click wrapper around a
+stage function; importing torch happens there, so ``fcvc --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from fcvc_pipeline import __version__
+
+# name -> "module:attribute" of a click.Command
+COMMANDS: dict[str, str] = {
+    "extract": "fcvc_pipeline.commands.extract:extract",
+    "vocab": "fcvc_pipeline.commands.vocab:vocab",
+    "train": "fcvc_pipeline.commands.train:train",
+    "caption": "fcvc_pipeline.commands.caption:caption",
+    "score": "fcvc_pipeline.commands.score:score",
+    "demo": "fcvc_pipeline.commands.demo:demo",
+    "bench": "fcvc_pipeline.commands.bench:bench",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, registry: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.registry = registry
+
+    def list_commands(self, ctx):
+        names = []
+        for name, target in self.registry.items():
+            if importlib.util.find_spec(target.split(":")[0]) is not None:
+                names.append(name)
+        return sorted(names)
+
+    def get_command(self, ctx, name):
+        target = self.registry.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                return None
+            raise
+
+
+@click.group(cls=LazyGroup, registry=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fcvc")
+def main():
+    """Fully convolutional video captioning (FCVC-CF&IA), end to end.
+
+    \b
+    fcvc extract videos/        frames -> Inception-V3 + C3D features (Zarr)
+    fcvc vocab captions.json    captions -> vocabulary + splits
+    fcvc train                  train FCVC-CF&IA, an ablation or the LSTM baseline
+    fcvc caption video.mp4      caption any video end to end
+    fcvc score                  BLEU / METEOR / ROUGE-L / CIDEr on the test split
+    fcvc demo                   the whole chain on the bundled sample set
+    """
+
+
+if __name__ == "__main__":
+    main()

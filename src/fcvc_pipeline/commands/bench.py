@@ -1,0 +1,18 @@
+"""``fcvc bench``: benchmarks that print JSON with ratios measured side by side in one run."""
+
+from __future__ import annotations
+
+from fcvc_pipeline.cli import LazyGroup
+
+import click
+
+BENCHES: dict[str, str] = {
+    "extract": "fcvc_pipeline.bench.extract:bench_extract",
+    "decode": "fcvc_pipeline.bench.decode:bench_decode",
+    "train": "fcvc_pipeline.bench.train:bench_train",
+}
+
+
+@click.group(cls=LazyGroup, registry=BENCHES)
+def bench():
+    """Measure throughput; every figure is a ratio against a baseline timed in the same run."""

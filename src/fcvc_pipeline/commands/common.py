@@ -1,0 +1,71 @@
+"""What every command shares: ``--workdir``, ``--json``, ``-v``, and the error/exit-code mapping."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.config import DEFAULT_WORKDIR
+from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, FcvcError
+
+
+def common_options(f: Callable) -> Callable:
+    """Add ``--workdir``, ``--json`` and ``-v`` to a command (passed as workdir, json_out, verbose)."""
+    f = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks for errors.")(f)
+    f = click.option("--json", "json_out", is_flag=True,
+                     help="Print one machine-readable JSON document on stdout.")(f)
+    f = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
+                     show_default=True, help="Where every artifact is written.")(f)
+    return f
+
+
+def to_jsonable(result: Any) -> Any:
+    if hasattr(result, "to_json"):
+        return result.to_json()
+    return result
+
+
+def run_and_exit(fn: Callable[[], Any], *, json_out: bool, verbose: bool) -> None:
+    """Run a stage; print its JSON on stdout when asked; exit 0/1/2 (3 for a bug).
+
+    The stage result may expose ``exit_code`` (1 when some items failed) and ``to_json()``.
+    """
+    progress.configure(verbose=verbose)
+    try:
+        result = fn()
+    except FcvcError as e:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"error: {e}", err=True)
+        if json_out:
+            click.echo(json.dumps({"error": e.message, "exit_code": e.exit_code}))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished items are kept; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: say so plainly, keep the traceback behind -v
+        if verbose:
+            traceback.print_exc()
+        else:
+            click.echo(f"internal error: {type(e).__name__}: {e} (rerun with -v for the traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
+    if json_out:
+        click.echo(json.dumps(to_jsonable(result), indent=2, sort_keys=False, default=str))
+    sys.exit(getattr(result, "exit_code", EXIT_OK))
+
+
+def stage_command(fn: Callable) -> Callable:
+    """Decorator for a command body that returns a zero-argument callable running the stage."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, json_out: bool, verbose: bool, **kwargs):
+        run_and_exit(lambda: fn(*args, **kwargs), json_out=json_out, verbose=verbose)
+
+    return wrapper

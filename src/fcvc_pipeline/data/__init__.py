@@ -1,0 +1,1 @@
+"""Video decoding, the feature store, captions and vocabularies."""

@@ -1,0 +1,34 @@
+"""Video ids come from file names and annotation files: never trust them as paths or store keys.
+
+:func:`safe_name` maps any id to a name that is one path component, printable ASCII, not special
+(``.``/``..``), and at most 120 characters; the mapping is injective (distinct ids never collide)
+and ids that are already safe map to themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_SAFE = re.compile(r"[A-Za-z0-9_\-.]")
+_MAX = 120
+
+
+def safe_name(video_id: str) -> str:
+    if not isinstance(video_id, str) or video_id == "":
+        raise ValueError("a video id must be a non-empty string")
+    out = []
+    for i, ch in enumerate(video_id):
+        if _SAFE.fullmatch(ch) and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+    name = "".join(out)
+    if len(name) > _MAX:
+        digest = hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:16]
+        name = f"{name[:_MAX - 18]}~{digest}"
+    return name
+
+
+def is_safe(video_id: str) -> bool:
+    return safe_name(video_id) == video_id

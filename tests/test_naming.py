@@ -1,0 +1,20 @@
+from fcvc_pipeline.naming import is_safe, safe_name
+
+
+def test_safe_ids_are_unchanged():
+    assert safe_name("vid12_3.5-x") == "vid12_3.5-x"
+    assert is_safe("-_6Tl7pN1oM_1_10")
+
+
+def test_unsafe_ids_become_one_safe_component():
+    for vid in ["../etc/passwd", "a/b", "..", ".", "x\x00y", "été video", "a\\b", "%2F"]:
+        name = safe_name(vid)
+        assert "/" not in name and "\\" not in name and name not in (".", "..")
+        assert not name.startswith(".") and name.isascii() and name.isprintable()
+
+
+def test_mapping_is_injective_and_bounded():
+    ids = ["a/b", "a%2Fb", "a_b", "a b", "a" * 500, "a" * 501]
+    names = [safe_name(v) for v in ids]
+    assert len(set(names)) == len(ids)
+    assert all(len(n) <= 120 for n in names)
