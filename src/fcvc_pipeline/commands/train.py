@@ -1,0 +1,49 @@
+"""``fcvc train``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from fcvc_pipeline.commands.common import common_options, run_and_exit
+
+
+@click.command()
+@common_options
+@click.option("--model", default="fcvc-cf-ia", show_default=True,
+              help="fcvc-cf-ia (alias fcvc-final) | fcvc | fcvc-ta | fcvc-ia | fcvc-all | lstm | all (every model, then a score table).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Captions per batch (whole videos are packed).")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--patience", type=int, default=10, show_default=True, help="Epochs without a better validation CIDEr before stopping.")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Also write last.pt every N steps (0: each epoch).")
+@click.option("--d-model", type=int, default=None, help="Width of the model (default 512).")
+@click.option("--layers", type=int, default=None, help="Convolutional layers (default 4).")
+@click.option("--dropout", type=float, default=None)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--run", "run_name", default=None, help="Run name under <workdir>/runs (default: the model name).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run exactly where it stopped.")
+@click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
+def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int, max_steps: int | None,
+          batch_size: int, lr: float, seed: int, patience: int, checkpoint_every: int, d_model: int | None,
+          layers: int | None, dropout: float | None, device: str, run_name: str | None, resume: bool, force: bool):
+    """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
+
+    \b
+    Examples:
+      fcvc train --model fcvc-cf-ia --epochs 30
+      fcvc train --model all                       # every model of the paper's Table 4 + LSTM, then a score table
+      torchrun --nproc-per-node 2 -m fcvc_pipeline train --device cuda
+    """
+    from fcvc_pipeline.stages.train import TrainConfig, run_train
+
+    cfg = TrainConfig(workdir=workdir, model=model, run=run_name, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
+                      d_model=d_model, layers=layers, dropout=dropout, device=device, resume=resume, force=force)
+    # under torchrun only rank 0 prints the JSON document
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    run_and_exit(lambda: run_train(cfg), json_out=json_out and main_rank, verbose=verbose)

@@ -1,0 +1,145 @@
+"""Training data in memory: features read once from the store, captions as token ids, video-grouped batches.
+
+One example is one (video, caption) pair. Batches are built video by video: a batch holds *all* the
+captions of the videos in it (up to ``batch_size`` captions), so the model encodes each video once
+(the 15 x 64 x 2048 region projection is the costliest op) and shares it across its captions through
+``video_index``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.data.feature_store import FeatureStore
+from fcvc_pipeline.data.vocabulary import CaptionRow, Vocabulary
+from fcvc_pipeline.errors import MismatchError
+
+
+@dataclass
+class FeatureBank:
+    """Features of a set of videos, stacked (kept in the store's dtype; cast per batch)."""
+
+    video_ids: list[str]
+    frames: torch.Tensor  # [V, N, frame_dim]
+    clips: torch.Tensor | None  # [V, N, clip_dim]
+    regions: torch.Tensor | None  # [V, N, M, region_dim]
+
+    def index(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.video_ids)}
+
+    def to(self, device: torch.device) -> "FeatureBank":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return FeatureBank(self.video_ids, move(self.frames), move(self.clips), move(self.regions))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.frames, self.clips, self.regions) if t is not None)
+
+    def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32):
+        """The :class:`VideoBatch` of the videos at ``rows`` (indices into this bank)."""
+        from fcvc_pipeline.models import VideoBatch
+
+        pick = lambda t: None if t is None else t.index_select(0, rows.to(t.device)).to(dtype)  # noqa: E731
+        return VideoBatch(frames=pick(self.frames), clips=pick(self.clips), regions=pick(self.regions))
+
+
+def load_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions: bool) -> FeatureBank:
+    """Read the given (complete) videos from the store into memory, once."""
+    frames, clips, regs = [], [], []
+    for vid in progress.bar(video_ids, desc="loading features", unit="video"):
+        f = store.read_video(vid)
+        frames.append(f.frame_features)
+        clips.append(f.clip_features)
+        if regions:
+            if f.region_features is None:
+                raise MismatchError(f"video {vid!r} in {store.path} has no region features, which this model needs")
+            regs.append(f.region_features)
+    has_clips = all(c is not None for c in clips) and len(clips) > 0
+    return FeatureBank(
+        video_ids=list(video_ids),
+        frames=torch.from_numpy(np.stack(frames)),
+        clips=torch.from_numpy(np.stack(clips)) if has_clips else None,
+        regions=torch.from_numpy(np.stack(regs)) if regions else None,
+    )
+
+
+@dataclass
+class CaptionSet:
+    """Token-id captions of one split, each tied to a row of a :class:`FeatureBank`."""
+
+    video_rows: torch.Tensor  # [C] int64: feature-bank row of each caption
+    tokens: list[list[int]]  # [C] token ids without <bos>/<eos> (already truncated to max_len)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def build_caption_set(rows: Sequence[CaptionRow], vocab: Vocabulary, bank_index: dict[str, int]) -> CaptionSet:
+    keep = [r for r in rows if r.video_id in bank_index]
+    return CaptionSet(
+        video_rows=torch.tensor([bank_index[r.video_id] for r in keep], dtype=torch.long),
+        tokens=[vocab.encode(r.tokens) for r in keep],
+    )
+
+
+@dataclass
+class Batch:
+    video_rows: torch.Tensor  # [B] bank rows of the distinct videos in the batch
+    video_index: torch.Tensor  # [R] position in video_rows of each caption
+    inputs: torch.Tensor  # [R, T] <bos> w_1 .. w_n <pad>...
+    targets: torch.Tensor  # [R, T] w_1 .. w_n <eos> <pad>...
+
+
+def make_batches(captions: CaptionSet, batch_size: int, *, generator: torch.Generator | None,
+                 vocab: Vocabulary) -> list[Batch]:
+    """Group captions by video, shuffle the videos (when ``generator`` is given), pack whole videos."""
+    by_video: dict[int, list[int]] = {}
+    for i, row in enumerate(captions.video_rows.tolist()):
+        by_video.setdefault(row, []).append(i)
+    videos = sorted(by_video)
+    if generator is not None:
+        videos = [videos[i] for i in torch.randperm(len(videos), generator=generator).tolist()]
+    batches, current = [], []
+    for v in videos:
+        if current and sum(len(by_video[u]) for u in current) + len(by_video[v]) > batch_size:
+            batches.append(_collate(current, by_video, captions, vocab))
+            current = []
+        current.append(v)
+    if current:
+        batches.append(_collate(current, by_video, captions, vocab))
+    return batches
+
+
+def _collate(videos: list[int], by_video: dict[int, list[int]], captions: CaptionSet, vocab: Vocabulary) -> Batch:
+    caption_ids = [c for v in videos for c in by_video[v]]
+    video_index = [j for j, v in enumerate(videos) for _ in by_video[v]]
+    longest = max(len(captions.tokens[c]) for c in caption_ids) + 1
+    inputs = torch.full((len(caption_ids), longest), vocab.pad_id, dtype=torch.long)
+    targets = torch.full((len(caption_ids), longest), vocab.pad_id, dtype=torch.long)
+    for r, c in enumerate(caption_ids):
+        ids = captions.tokens[c]
+        inputs[r, : len(ids) + 1] = torch.tensor([vocab.bos_id, *ids])
+        targets[r, : len(ids) + 1] = torch.tensor([*ids, vocab.eos_id])
+    return Batch(torch.tensor(videos, dtype=torch.long), torch.tensor(video_index, dtype=torch.long), inputs, targets)
+
+
+def resolve_training_videos(store: FeatureStore, rows: Sequence[CaptionRow], store_path: Path) -> tuple[list[str], list[str]]:
+    """Videos with both captions and features, and the annotated ones without features.
+
+    Refuses a store and a vocabulary that share no video (they do not belong together).
+    """
+    have = set(store.completed_ids())
+    annotated = sorted({r.video_id for r in rows})
+    usable = [v for v in annotated if v in have]
+    missing = [v for v in annotated if v not in have]
+    if not usable:
+        raise MismatchError(
+            f"the feature store {store_path} and the vocabulary share no video "
+            f"({len(annotated)} annotated, {len(have)} with features; e.g. {annotated[:3]} vs {sorted(have)[:3]})",
+            hint="extract the videos of this annotation file, or point --workdir at the matching work directory")
+    return usable, missing

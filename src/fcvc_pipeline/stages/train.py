@@ -1,0 +1,505 @@
+"""``fcvc train``: train a captioner on the feature store and the caption table.
+
+The loop in one paragraph: features are read from the store once (onto the GPU when they fit); each epoch
+shuffles the training *videos* with a generator seeded by (seed, epoch) and packs all captions of a video
+into the same batch, so the video is encoded once; AdamW with linear warm-up and cosine decay (a pure
+function of the global step, so resuming needs no scheduler object), gradient clipping, the Eq. 7 loss with
+its three terms logged, bf16 autocast on CUDA. After each epoch: validation loss, greedy validation captions
+scored with BLEU-4 and CIDEr, their ``<unk>`` count; ``best.pt`` follows validation CIDEr, ``last.pt`` is
+written after it (and every ``checkpoint_every`` steps), then ``metrics.jsonl``. ``--resume`` restores model,
+optimizer, RNG, position and the running epoch sums, so an interrupted run ends with the same numbers as an
+uninterrupted one (bit for bit on CPU).
+
+Under ``torchrun`` each rank trains on its slice of the batches through DistributedDataParallel; rank 0
+alone validates and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.artifacts import Manifest, atomic_write_json, atomic_write_text, check_manifest, read_manifest, write_manifest
+from fcvc_pipeline.checkpoint import load_checkpoint, save_checkpoint
+from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
+from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, load_feature_bank, make_batches,
+                                        resolve_training_videos)
+from fcvc_pipeline.data.feature_store import FeatureStore
+from fcvc_pipeline.data.vocabulary import load_captions, load_vocabulary, references_by_video
+from fcvc_pipeline.errors import MismatchError, require
+from fcvc_pipeline.naming import safe_name
+
+STAGE_VERSION = 1
+ALL_MODELS = "all"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    workdir: Path = DEFAULT_WORKDIR
+    model: str = "fcvc-cf-ia"
+    run: str | None = None  # run directory name under <workdir>/runs (default: the model name)
+    epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimizer steps in all
+    batch_size: int = 64  # captions per batch (whole videos are packed)
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    patience: int = 10  # epochs without a better validation CIDEr before stopping
+    checkpoint_every: int = 0  # also write last.pt every N steps (0: at the end of each epoch only)
+    val_beam_size: int = 1
+    # model overrides (None: the model family's defaults)
+    d_model: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    kernel_size: int | None = None
+    dropout: float | None = None
+    attn_lambda: float | None = None
+    attn_mu: float | None = None
+    # not part of what the run produces
+    device: str = "auto"
+    resume: bool = False
+    force: bool = False
+    # ablation runner (model == "all"): how to score each model on the test split
+    score_beam_size: int = 5
+
+    @property
+    def run_name(self) -> str:
+        from fcvc_pipeline.models import canonical_model_name
+
+        return self.run or canonical_model_name(self.model)
+
+    def validate(self) -> list[str]:
+        from fcvc_pipeline.models import MODEL_ALIASES, MODEL_NAMES
+
+        problems = []
+        if self.model != ALL_MODELS and self.model not in MODEL_NAMES and self.model not in MODEL_ALIASES:
+            problems.append(f"--model must be one of {', '.join(MODEL_NAMES + tuple(MODEL_ALIASES))} or all "
+                            f"(got {self.model!r})")
+        for name in ("epochs", "batch_size", "val_beam_size", "score_beam_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("--max-steps must be at least 1")
+        if not self.lr > 0:
+            problems.append("--lr must be positive")
+        if self.patience < 1:
+            problems.append("--patience must be at least 1")
+        if self.run is not None and safe_name(self.run) != self.run:
+            problems.append(f"--run must be a plain name (letters, digits, . _ -), got {self.run!r}")
+        if (p := check_device_spec(self.device)) is not None:
+            problems.append(p)
+        return problems
+
+    def output_fields(self) -> dict[str, Any]:
+        """The fields that change what a run produces (for the manifest)."""
+        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    best_checkpoint: Path | None
+    best_val_cider: float | None
+    epochs: int
+    seconds_per_epoch: float | None
+    parameters: int
+    up_to_date: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": str(self.run), "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+                "best_val_cider": self.best_val_cider, "epochs": self.epochs,
+                "seconds_per_epoch": self.seconds_per_epoch, "parameters": self.parameters,
+                "up_to_date": self.up_to_date}
+
+
+# -- distributed ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
+    """Read torchrun's environment; start the process group (nccl on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), resolve_device(device_spec)
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    return Dist(rank=rank, world=world, local_rank=local_rank), device
+
+
+def _broadcast_flag(flag: bool, d: Dist, device: torch.device) -> bool:
+    if not d.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+# -- the schedule ----------------------------------------------------------------------------------------
+def learning_rate(step: int, *, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 10% of it at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+def run_train(cfg: TrainConfig) -> TrainResult:
+    require(cfg.validate())
+    if cfg.model == ALL_MODELS:
+        from fcvc_pipeline.stages.ablation import run_ablation
+
+        return run_ablation(cfg)
+    return Trainer(cfg).run()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from fcvc_pipeline.models import canonical_model_name
+
+        self.cfg = dataclasses.replace(cfg, model=canonical_model_name(cfg.model))
+        self.paths = workdir_paths(cfg.workdir)
+        self.run_dir = self.paths["runs"] / self.cfg.run_name
+        self.dist, self.device = init_distributed(cfg.device)
+
+    # .. setup ..........................................................................................
+    def _load_data(self):
+        vocab = load_vocabulary(self.paths["vocab"])
+        rows = load_captions(self.paths["vocab"])
+        store = FeatureStore.open(self.paths["features"])
+        usable, missing = resolve_training_videos(store, rows, self.paths["features"])
+        if missing and self.dist.main:
+            progress.warn(f"{len(missing)} annotated video(s) have no features and are left out "
+                          f"(e.g. {', '.join(missing[:3])}); run `fcvc extract` on them to include them")
+        return vocab, rows, store, usable
+
+    def _model_config(self, vocab, store: FeatureStore, probe_id: str):
+        from fcvc_pipeline.models import ModelConfig
+
+        probe = store.read_video(probe_id)
+        overrides = {k: getattr(self.cfg, k) for k in ("d_model", "layers", "heads", "kernel_size", "dropout",
+                                                       "attn_lambda", "attn_mu") if getattr(self.cfg, k) is not None}
+        regions = probe.region_features
+        return ModelConfig(
+            model=self.cfg.model, vocab_size=len(vocab),
+            frame_dim=int(probe.frame_features.shape[-1]),
+            clip_dim=int(probe.clip_features.shape[-1]) if probe.clip_features is not None else 0,
+            region_dim=int(regions.shape[-1]) if regions is not None else 2048,
+            num_regions=int(regions.shape[1]) if regions is not None else 64,
+            num_frames=int(probe.frame_features.shape[0]),
+            max_len=vocab.max_len, pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+            **overrides)
+
+    def _manifest(self, vocab, store: FeatureStore, model_cfg) -> Manifest:
+        vocab_manifest = read_manifest(self.paths["vocab"])
+        return Manifest(stage="train", version=STAGE_VERSION,
+                        config={**self.cfg.output_fields(), "model_config": model_cfg.to_json()},
+                        inputs={"vocabulary": vocab.fingerprint(),
+                                "captions": vocab_manifest.fingerprint() if vocab_manifest else None,
+                                "features": store.content_fingerprint()})
+
+    def _prepare_run_dir(self, manifest: Manifest) -> str:
+        """-> 'up_to_date' | 'fresh' | 'resume'."""
+        if self.run_dir.exists() and self.cfg.force and self.dist.main:
+            shutil.rmtree(self.run_dir)
+        fresh = check_manifest(self.run_dir, manifest)
+        if fresh.up_to_date:
+            return "up_to_date"
+        has_manifest = read_manifest(self.run_dir) is not None
+        has_last = (self.run_dir / "last.pt").is_file()
+        if has_manifest and not self.cfg.force:
+            raise MismatchError(f"run '{self.cfg.run_name}' in {self.run_dir} was trained differently ({fresh.reason})",
+                                hint="pick another --run NAME, or --force to retrain it")
+        if has_last and not has_manifest:
+            if self.cfg.resume:
+                return "resume"
+            raise MismatchError(f"run '{self.cfg.run_name}' in {self.run_dir} was interrupted",
+                                hint="continue it with --resume, or start over with --force")
+        if self.cfg.resume and self.dist.main:
+            progress.log(f"nothing to resume in {self.run_dir}; starting a new run")
+        return "fresh"
+
+    # .. the run ........................................................................................
+    def run(self) -> TrainResult:
+        from fcvc_pipeline.losses import caption_loss
+        from fcvc_pipeline.models import build_model
+
+        cfg, d = self.cfg, self.dist
+        vocab, rows, store, usable = self._load_data()
+        model_cfg = self._model_config(vocab, store, usable[0])
+        manifest = self._manifest(vocab, store, model_cfg)
+        state = self._prepare_run_dir(manifest)
+        if state == "up_to_date":
+            out = read_manifest(self.run_dir).outputs
+            if d.main:
+                progress.log(f"train [{cfg.run_name}]: up to date ({self.run_dir})")
+            return TrainResult(run=self.run_dir, best_checkpoint=Path(out["best_checkpoint"]),
+                               best_val_cider=out.get("best_val_cider"), epochs=out["epochs"],
+                               seconds_per_epoch=out.get("seconds_per_epoch"), parameters=out["parameters"],
+                               up_to_date=True, history=out.get("history", []))
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", {"train": {**dataclasses.asdict(cfg), "workdir": str(cfg.workdir)},
+                                                             "model": model_cfg.to_json(), "inputs": manifest.inputs})
+
+        # data: everything in memory, on the GPU when it fits comfortably
+        train_ids = sorted({r.video_id for r in rows if r.split == "train"} & set(usable))
+        val_ids = sorted({r.video_id for r in rows if r.split == "val"} & set(usable))
+        if not train_ids:
+            raise MismatchError("no training video has both captions and features",
+                                hint="check the split column of the annotations and run `fcvc extract` on the training videos")
+        bank = load_feature_bank(store, train_ids + val_ids, regions=model_cfg.uses_regions)
+        if self.device.type == "cuda" and bank.nbytes() < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            bank = bank.to(self.device)
+        index = bank.index()
+        train_set = build_caption_set([r for r in rows if r.split == "train"], vocab, index)
+        val_set = build_caption_set([r for r in rows if r.split == "val"], vocab, index)
+        val_refs = references_by_video(r for r in rows if r.split == "val" and r.video_id in index)
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_cfg).to(self.device)
+        parameters = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        batches_per_epoch = len(make_batches(train_set, cfg.batch_size, generator=None, vocab=vocab)) // d.world
+        total_steps = cfg.max_steps or cfg.epochs * max(1, batches_per_epoch)
+
+        pos = {"epoch": 0, "batch": 0, "step": 0, "sums": _zero_sums()}
+        history: list[dict[str, Any]] = []
+        best = {"cider": None, "epoch": None}
+        if state == "resume":
+            ckpt = load_checkpoint(self.run_dir / "last.pt")
+            if ckpt.get("manifest_key") != manifest.fingerprint():
+                raise MismatchError(f"{self.run_dir / 'last.pt'} was written with other settings or data",
+                                    hint="resume with the original options, or --force to start over")
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+            pos, history, best = ckpt["position"], ckpt["history"], ckpt["best"]
+            if d.main:
+                progress.log(f"resuming '{cfg.run_name}' at epoch {pos['epoch'] + 1}, batch {pos['batch']}, "
+                             f"step {pos['step']}")
+        else:
+            torch.manual_seed(cfg.seed + 1)  # dropout stream, independent of the initialisation
+
+        net = model
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        manifest_key = manifest.fingerprint()
+        if d.main:
+            progress.log(f"train [{cfg.run_name}]: {cfg.model}, {parameters / 1e6:.2f}M parameters, "
+                         f"{len(train_ids)} train / {len(val_ids)} val videos, {len(train_set)} captions, "
+                         f"{batches_per_epoch} batches per epoch on {self.device}")
+
+        def snapshot(extra_pos: dict[str, Any]) -> dict[str, Any]:
+            return {"model_config": model_cfg.to_json(), "vocab_fingerprint": vocab.fingerprint(),
+                    "store_settings_fingerprint": store.settings_fingerprint, "store_path": str(self.paths["features"]),
+                    "manifest_key": manifest_key, "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                    "position": extra_pos, "history": history, "best": best,
+                    "train_seconds": sum(h["seconds"] for h in history)}
+
+        stop = False
+        epoch = pos["epoch"]
+        while epoch < cfg.epochs and not stop:
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            batches = make_batches(train_set, cfg.batch_size, generator=gen, vocab=vocab)
+            if d.enabled:
+                batches = batches[: len(batches) - len(batches) % d.world][d.rank::d.world]
+            sums = pos["sums"] if pos["batch"] else _zero_sums()
+            start_batch = pos["batch"]
+            model.train()
+            t0 = time.perf_counter()
+            bar = progress.bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch") if d.main else None
+            if bar is not None:
+                bar.update(start_batch)
+            for i in range(start_batch, len(batches)):
+                b = batches[i]
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(pos["step"], base=cfg.lr, warmup=cfg.warmup_steps, total=total_steps)
+                videos = bank.batch(b.video_rows).to(self.device)
+                with autocast:
+                    out = net(videos, b.inputs.to(self.device), b.video_index.to(self.device))
+                terms = caption_loss(out, b.targets.to(self.device), model_cfg)
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                pos["step"] += 1
+                _accumulate(sums, terms)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{terms.total.item():.3f}")
+                    bar.update(1)
+                last_of_run = cfg.max_steps is not None and pos["step"] >= cfg.max_steps
+                if cfg.checkpoint_every and pos["step"] % cfg.checkpoint_every == 0 and i + 1 < len(batches) \
+                        and not last_of_run and d.main:
+                    elapsed = sums.get("seconds_before", 0.0) + time.perf_counter() - t0
+                    save_checkpoint(self.run_dir / "last.pt", snapshot(
+                        {"epoch": epoch, "batch": i + 1, "step": pos["step"], "sums": {**sums, "seconds_before": elapsed}}))
+                _fault_injection(pos["step"])
+                if last_of_run:
+                    stop = True
+                    break
+            if bar is not None:
+                bar.close()
+            seconds = time.perf_counter() - t0 + sums.get("seconds_before", 0.0)
+            record = {"epoch": epoch + 1, "step": pos["step"], "lr": optimizer.param_groups[0]["lr"],
+                      **_means(sums), "seconds": seconds, "sec_per_10M_params": seconds / (parameters / 1e7)}
+            if d.main:
+                record.update(self._validate(model, model_cfg, bank, val_set, val_refs, vocab, autocast))
+                improved = record.get("val_cider") is not None and (best["cider"] is None or record["val_cider"] > best["cider"])
+                history.append(record)
+                if improved or (best["epoch"] is None and record.get("val_cider") is None):
+                    best = {"cider": record.get("val_cider"), "epoch": epoch + 1}
+                    save_checkpoint(self.run_dir / "best.pt", {**snapshot({}), "optimizer": {}, "history": []})
+                if epoch + 1 - best["epoch"] >= cfg.patience:
+                    progress.log(f"no better validation CIDEr for {cfg.patience} epochs: stopping")
+                    stop = True
+                save_checkpoint(self.run_dir / "last.pt",
+                                snapshot({"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": _zero_sums()}))
+                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(_jsonl(h) for h in history))
+                progress.log(_epoch_line(record))
+            stop = _broadcast_flag(stop, d, self.device)
+            pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": _zero_sums()}
+            epoch += 1
+
+        seconds_per_epoch = sum(h["seconds"] for h in history) / len(history) if history else None
+        result = TrainResult(run=self.run_dir, best_checkpoint=self.run_dir / "best.pt", best_val_cider=best["cider"],
+                             epochs=len(history), seconds_per_epoch=seconds_per_epoch, parameters=parameters,
+                             history=history)
+        if d.main:
+            manifest.outputs = {"best_checkpoint": str(result.best_checkpoint), "best_val_cider": best["cider"],
+                                "best_epoch": best["epoch"], "epochs": len(history),
+                                "seconds_per_epoch": seconds_per_epoch, "parameters": parameters,
+                                "sec_per_10M_params": seconds_per_epoch / (parameters / 1e7) if seconds_per_epoch else None,
+                                "history": history}
+            write_manifest(self.run_dir, manifest)
+            progress.log(f"train [{cfg.run_name}]: done, best validation CIDEr "
+                         f"{_fmt(best['cider'])} at epoch {best['epoch']}; checkpoints in {self.run_dir}")
+        if d.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return result
+
+    @torch.no_grad()
+    def _validate(self, model, model_cfg, bank: FeatureBank, val_set, val_refs, vocab, autocast) -> dict[str, Any]:
+        from fcvc_pipeline.inference import caption_bank
+        from fcvc_pipeline.losses import caption_loss
+        from fcvc_pipeline.metrics import count_unk, score_captions
+
+        if len(val_set) == 0:
+            return {}
+        model.eval()
+        sums = _zero_sums()
+        for b in make_batches(val_set, self.cfg.batch_size, generator=None, vocab=vocab):
+            with autocast:
+                out = model(bank.batch(b.video_rows).to(self.device), b.inputs.to(self.device), b.video_index.to(self.device))
+            _accumulate(sums, caption_loss(out, b.targets.to(self.device), model_cfg))
+        index = bank.index()
+        hyps = caption_bank(model, bank, vocab, rows=[index[v] for v in sorted(val_refs)],
+                            beam_size=self.cfg.val_beam_size, max_len=vocab.max_len, device=self.device)
+        captions = {v: vocab.decode(h.tokens) for v, h in hyps.items()}
+        scores = score_captions(captions, val_refs, metrics=("bleu", "cider"))
+        model.train()
+        means = _means(sums)
+        return {"val_loss": means["train_loss"], "val_nll": means["train_nll"], "val_cider": scores["CIDEr"],
+                "val_bleu4": scores["Bleu_4"], "val_unk": count_unk(captions.values())}
+
+
+def _fault_injection(step: int) -> None:
+    """Test hook: ``FCVC_FAULT_KILL_AT_STEP=N`` kills this process (SIGKILL) right after step N."""
+    at = os.environ.get("FCVC_FAULT_KILL_AT_STEP")
+    if at and int(at) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- small helpers ---------------------------------------------------------------------------------------
+def _zero_sums() -> dict[str, float]:
+    return {"tokens": 0.0, "captions": 0.0, "nll": 0.0, "total": 0.0, "frame_penalty": 0.0, "region_penalty": 0.0}
+
+
+def _accumulate(sums: dict[str, float], terms) -> None:
+    n = float(terms.tokens)
+    sums["tokens"] += n
+    sums["nll"] += float(terms.nll.detach()) * n
+    sums["total"] += float(terms.total.detach()) * n
+    sums["frame_penalty"] += float(terms.frame_penalty.detach()) * n
+    sums["region_penalty"] += float(terms.region_penalty.detach()) * n
+
+
+def _means(sums: dict[str, float]) -> dict[str, float]:
+    n = max(sums["tokens"], 1.0)
+    return {"train_loss": sums["total"] / n, "train_nll": sums["nll"] / n,
+            "train_frame_penalty": sums["frame_penalty"] / n, "train_region_penalty": sums["region_penalty"] / n}
+
+
+def _jsonl(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.3f} (nll {r['train_nll']:.3f})"]
+    if "val_loss" in r:
+        parts += [f"val loss {r['val_loss']:.3f}", f"val CIDEr {_fmt(r['val_cider'])}", f"BLEU-4 {_fmt(r['val_bleu4'])}",
+                  f"<unk> {r['val_unk']}"]
+    parts.append(f"{r['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fcvc_pipeline.checkpoint import load_checkpoint
+from fcvc_pipeline.data.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
+from fcvc_pipeline.errors import MismatchError
+from fcvc_pipeline.stages.train import TrainConfig, learning_rate, run_train
+from tests.tiny import make_tiny_workdir
+
+TINY = dict(d_model=32, layers=2, heads=2, kernel_size=3, dropout=0.1, batch_size=6, lr=3e-3, warmup_steps=2,
+            device="cpu")
+
+
+def _comparable(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k and "sec_per" not in k} for h in history]
+
+
+def test_short_run_lowers_loss_and_writes_checkpoints(tmp_path):
+    w = make_tiny_workdir(tmp_path)
+    res = run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=6, **TINY))
+    assert res.epochs == 6
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert (res.run / "best.pt").is_file() and (res.run / "last.pt").is_file()
+    lines = (res.run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 7))
+    first = json.loads(lines[0])
+    for key in ("train_nll", "train_frame_penalty", "train_region_penalty", "val_loss", "val_cider", "val_bleu4",
+                "val_unk", "sec_per_10M_params"):
+        assert key in first
+    ckpt = load_checkpoint(res.run / "best.pt")
+    assert ckpt["model_config"]["model"] == "fcvc-cf-ia"
+    assert res.parameters == sum(t.numel() for t in ckpt["state_dict"].values() if t.is_floating_point()) or res.parameters > 0
+    # a rerun with the same settings and inputs does nothing
+    again = run_train(TrainConfig(workdir=w, model="fcvc-final", epochs=6, **TINY))
+    assert again.up_to_date and again.best_checkpoint == res.best_checkpoint
+    # other settings into the same run: refused, not mixed
+    with pytest.raises(MismatchError):
+        run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=7, **TINY))
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    base = ["--workdir", str(tmp_path), "--model", "fcvc-all", "--epochs", "3", "--checkpoint-every", "2",
+            "--d-model", "32", "--layers", "2", "--batch-size", "6", "--device", "cpu", "--lr", "0.003"]
+    make_tiny_workdir(tmp_path)
+    cmd = [sys.executable, "-m", "fcvc_pipeline", "train"]
+    env = {**os.environ, "FCVC_FAULT_KILL_AT_STEP": "5"}
+    killed = subprocess.run(cmd + base + ["--run", "a"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    ckpt = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")
+    assert ckpt["position"]["batch"] > 0, "the kill should land mid-epoch"
+    refused = subprocess.run(cmd + base + ["--run", "a"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run(cmd + base + ["--run", "a", "--resume", "--json"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(cmd + base + ["--run", "b", "--json"], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    read = lambda r: [json.loads(x) for x in (tmp_path / "runs" / r / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert _comparable(read("a")) == _comparable(read("b"))
+    a = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mismatched_store_and_vocabulary_refused(tmp_path):
+    w = make_tiny_workdir(tmp_path)
+    rows = [CaptionRow("someone_else", "train", "a cat", ("a", "cat"))]
+    save_vocab_dir(w / "vocab", Vocabulary(SPECIALS + ("a", "cat")), rows)
+    with pytest.raises(MismatchError, match="share no video"):
+        run_train(TrainConfig(workdir=w, epochs=1, **TINY))
+
+
+def test_schedule_warms_up_then_decays():
+    lrs = [learning_rate(s, base=1.0, warmup=4, total=20) for s in range(20)]
+    assert lrs[0] == 0.25 and lrs[3] == 1.0
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] >= 0.1
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(tmp_path):
+    make_tiny_workdir(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "fcvc_pipeline", "train", "--workdir", str(tmp_path), "--model", "fcvc-ta", "--epochs", "2",
+           "--d-model", "32", "--layers", "2", "--batch-size", "4", "--device", "cpu", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)  # exactly one JSON document: rank 0 alone prints
+    assert doc["epochs"] == 2
+    assert (tmp_path / "runs" / "fcvc-ta" / "best.pt").is_file()
+    assert len((tmp_path / "runs" / "fcvc-ta" / "metrics.jsonl").read_text().splitlines()) == 2
