@@ -1,0 +1,32 @@
+"""The best constant caption: the quality floor a captioner must clear.
+
+Every distinct training caption is given to every test video; the one with the highest CIDEr is the best
+constant caption. A model that does not beat it clearly has learned the language prior, not the videos.
+References and candidates are tokenised once (pycocoevalcap's PTBTokenizer when Java is there, the
+documented Python tokenizer otherwise); CIDEr is then computed per candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def best_constant_caption(candidates: Iterable[str], references: dict[str, list[str]], *,
+                          limit: int = 2000) -> tuple[str, float]:
+    """(caption, CIDEr) of the candidate that scores highest when given to every video."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from fcvc_pipeline.metrics import tokenize_for_scoring
+
+    unique = sorted(set(c for c in candidates if c.strip()))[:limit]
+    if not unique or not references:
+        raise ValueError("need at least one candidate caption and one referenced video")
+    refs_tok = tokenize_for_scoring(references)
+    cand_tok = tokenize_for_scoring({f"c{i}": [c] for i, c in enumerate(unique)})
+    best, best_score = unique[0], float("-inf")
+    for i, caption in enumerate(unique):
+        hyp = cand_tok[f"c{i}"]
+        score, _ = Cider().compute_score(refs_tok, {v: hyp for v in refs_tok})
+        if score > best_score:
+            best, best_score = caption, float(score)
+    return best, best_score
