@@ -16,17 +16,23 @@ def best_constant_caption(candidates: Iterable[str], references: dict[str, list[
     """(caption, CIDEr) of the candidate that scores highest when given to every video."""
     from pycocoevalcap.cider.cider import Cider
 
-    from fcvc_pipeline.metrics import tokenize_for_scoring
+    from fcvc_pipeline.metrics import java_available, ptb_tokenize, python_tokenize
 
     unique = sorted(set(c for c in candidates if c.strip()))[:limit]
     if not unique or not references:
         raise ValueError("need at least one candidate caption and one referenced video")
-    refs_tok = tokenize_for_scoring(references)
-    cand_tok = tokenize_for_scoring({f"c{i}": [c] for i, c in enumerate(unique)})
+    tokenize = ptb_tokenize if java_available() else python_tokenize
+    videos = sorted(references)
+    flat = [r for v in videos for r in references[v]]
+    tokens = tokenize(flat + unique)
+    refs_tok, k = {}, 0
+    for v in videos:
+        refs_tok[v] = tokens[k:k + len(references[v])]
+        k += len(references[v])
+    cand_tok = tokens[k:]
     best, best_score = unique[0], float("-inf")
-    for i, caption in enumerate(unique):
-        hyp = cand_tok[f"c{i}"]
-        score, _ = Cider().compute_score(refs_tok, {v: hyp for v in refs_tok})
+    for caption, hyp in zip(unique, cand_tok):
+        score, _ = Cider().compute_score(refs_tok, {v: [hyp] for v in videos})
         if score > best_score:
             best, best_score = caption, float(score)
     return best, best_score
