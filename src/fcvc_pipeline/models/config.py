@@ -1,0 +1,190 @@
+"""Model names, the frozen :class:`ModelConfig` saved with the weights, and the per-layer attention plan.
+
+Names used by ``--model`` everywhere (the paper's Table 4 plus the LSTM baseline of Eqs. 1-3):
+
+=============  =========================================================================
+``fcvc-cf-ia``  the headline model (alias ``fcvc-final``): TA in the lower half, IA above
+``fcvc``        the conv stack with no attention (global feature only)
+``fcvc-ta``     TA in every layer
+``fcvc-ia``     in every layer TA computes the frame weights and IA uses them (IA context only)
+``fcvc-all``    TA in the lower half, TA + IA in the upper half
+``lstm``        LSTM encoder over the frames, its final state initialises an LSTM decoder
+=============  =========================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fcvc_pipeline.errors import ConfigError, require
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fcvc_pipeline.models.base import CaptionModel
+
+MODEL_NAMES = ("fcvc-cf-ia", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "lstm")
+MODEL_ALIASES = {"fcvc-final": "fcvc-cf-ia"}
+DEFAULT_MODEL = "fcvc-cf-ia"
+
+# Models whose upper layers use inherited (region) attention, and those with temporal (frame) attention.
+_REGION_MODELS = frozenset({"fcvc-cf-ia", "fcvc-ia", "fcvc-all"})
+_FRAME_ATTENTION_MODELS = frozenset({"fcvc-cf-ia", "fcvc-ta", "fcvc-ia", "fcvc-all"})
+
+
+def canonical_model_name(name: str) -> str:
+    """``fcvc-final`` -> ``fcvc-cf-ia``; a canonical name is returned unchanged; anything else is a ConfigError."""
+    key = str(name).strip().lower()
+    key = MODEL_ALIASES.get(key, key)
+    if key not in MODEL_NAMES:
+        known = ", ".join(MODEL_NAMES) + " (alias: " + ", ".join(f"{a} = {c}" for a, c in MODEL_ALIASES.items()) + ")"
+        raise ConfigError(f"unknown model {name!r}; choose one of {known}")
+    return key
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one conv layer attends to.
+
+    ``temporal``: the layer runs temporal attention (Eq. 5) and so produces frame weights alpha.
+    ``temporal_context``: TA's context vector is added to the layer's hidden state (False for ``fcvc-ia``,
+    where TA only supplies the weights that IA inherits).
+    ``inherited``: the layer runs inherited attention (Eq. 6) with alpha from ``alpha_from``, the index of
+    the last TA layer at or below it.
+    """
+
+    temporal: bool = False
+    temporal_context: bool = False
+    inherited: bool = False
+    alpha_from: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = DEFAULT_MODEL
+    vocab_size: int = 0
+    frame_dim: int = 2048  # pooled Inception-V3 per frame
+    clip_dim: int = 4096  # C3D fc6 per frame; 0 = no clip features
+    region_dim: int = 2048  # one Mixed_7c grid cell
+    num_regions: int = 64  # 8 x 8 grid
+    num_frames: int = 15
+    d_model: int = 512
+    layers: int = 4
+    kernel_size: int = 5
+    heads: int = 8
+    dropout: float = 0.1
+    max_len: int = 20  # longest caption in tokens (without <bos>/<eos>)
+    # Eq. 7 penalty weights. With T ~ 10 words, N = 15 frames and M = 64 regions the frame penalty of a
+    # caption is ~2-20 and the region penalty ~700 (its floor is N (M - T)^2 / M), so these weights keep
+    # both terms around 1-10% of a converged NLL (~2): L_nll dominates, as the paper asks.
+    attn_lambda: float = 1e-3
+    attn_mu: float = 1e-4
+    lstm_layers: int = 1  # stacked LSTM layers of the baseline's encoder and decoder
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self):
+        alias = MODEL_ALIASES.get(str(self.model).strip().lower())
+        if alias is not None:  # store the canonical name so saved configs never carry aliases
+            object.__setattr__(self, "model", alias)
+
+    # .. derived facts ...................................................................................
+    @property
+    def uses_regions(self) -> bool:
+        """True for models with inherited attention (they need region features)."""
+        return self.model in _REGION_MODELS
+
+    @property
+    def uses_frame_attention(self) -> bool:
+        return self.model in _FRAME_ATTENTION_MODELS
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.model == "lstm"
+
+    def layer_plan(self) -> tuple[LayerPlan, ...]:
+        """The attention of each conv layer (lower half = the first ``ceil(layers / 2)`` layers)."""
+        n, lower = self.layers, (self.layers + 1) // 2
+        if self.model == "fcvc":
+            return tuple(LayerPlan() for _ in range(n))
+        if self.model == "fcvc-ta":
+            return tuple(LayerPlan(temporal=True, temporal_context=True) for _ in range(n))
+        if self.model == "fcvc-ia":
+            return tuple(LayerPlan(temporal=True, temporal_context=False, inherited=True, alpha_from=i)
+                         for i in range(n))
+        if self.model == "fcvc-all":
+            return tuple(LayerPlan(temporal=True, temporal_context=True) if i < lower else
+                         LayerPlan(temporal=True, temporal_context=True, inherited=True, alpha_from=i)
+                         for i in range(n))
+        if self.model == "fcvc-cf-ia":
+            return tuple(LayerPlan(temporal=True, temporal_context=True) if i < lower else
+                         LayerPlan(inherited=True, alpha_from=lower - 1)
+                         for i in range(n))
+        return ()  # lstm: no conv layers
+
+    # .. checks and serialisation ...........................................................................
+    def validate(self) -> list[str]:
+        """Every problem at once (empty list = valid)."""
+        p: list[str] = []
+        if self.model not in MODEL_NAMES:
+            p.append(f"model: unknown name {self.model!r} (choose one of {', '.join(MODEL_NAMES)}; alias fcvc-final)")
+        specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+        if len(set(specials.values())) != 3:
+            p.append(f"pad_id, bos_id and eos_id must differ (got {specials})")
+        for name, value in specials.items():
+            if not isinstance(value, int) or value < 0:
+                p.append(f"{name} must be a non-negative integer (got {value!r})")
+        if self.vocab_size <= max(specials.values()) + 1:
+            p.append(f"vocab_size must exceed the special token ids (got {self.vocab_size}; "
+                     f"it is set from the vocabulary, so build one with `fcvc vocab`)")
+        for name in ("frame_dim", "num_regions", "num_frames", "d_model", "kernel_size", "heads", "max_len"):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.clip_dim < 0:
+            p.append(f"clip_dim must be >= 0 (0 = no clip features; got {self.clip_dim})")
+        if self.uses_regions and self.region_dim < 1:
+            p.append(f"region_dim must be >= 1 for {self.model} (got {self.region_dim})")
+        if not 0.0 <= self.dropout < 1.0:
+            p.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.attn_lambda < 0 or self.attn_mu < 0:
+            p.append(f"attn_lambda and attn_mu must be >= 0 (got {self.attn_lambda}, {self.attn_mu})")
+        if self.is_lstm:
+            if self.lstm_layers < 1:
+                p.append(f"lstm_layers must be >= 1 (got {self.lstm_layers})")
+        else:
+            if self.layers < 1:
+                p.append(f"layers must be >= 1 (got {self.layers})")
+            if self.model in ("fcvc-cf-ia", "fcvc-all") and self.layers < 2:
+                p.append(f"{self.model} needs layers >= 2 (TA below, IA above; got {self.layers})")
+            if self.uses_frame_attention and self.heads >= 1 and self.d_model % self.heads:
+                p.append(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return p
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object (got {type(d).__name__})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"model config has unknown field(s) {', '.join(unknown)} "
+                              f"(written by a newer fcvc?)")
+        return cls(**d)
+
+
+def build_model(cfg: ModelConfig) -> "CaptionModel":
+    """The model described by ``cfg`` (validated first; every problem reported in one ConfigError)."""
+    if not isinstance(cfg, ModelConfig):
+        raise ConfigError(f"build_model needs a ModelConfig (got {type(cfg).__name__})")
+    require(cfg.validate())
+    if cfg.is_lstm:
+        from fcvc_pipeline.models.lstm import LstmCaptioner
+
+        return LstmCaptioner(cfg)
+    from fcvc_pipeline.models.fcvc import FcvcCaptioner
+
+    return FcvcCaptioner(cfg)
