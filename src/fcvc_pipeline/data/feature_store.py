@@ -12,6 +12,11 @@ Layout (DESIGN.md section 4)::
 A video whose group lacks ``complete: true`` does not exist for readers. A failed video keeps a group
 with ``complete: false`` and ``failure: {path, stage, error}``; writers only ever touch their own
 video's group, so two writers never share a chunk (zarr-python #3682).
+
+Writers coordinate per video with :meth:`FeatureStore.claim` (a non-blocking ``flock`` on
+``.claims/<video>.lock`` inside the store, released by the OS even on kill -9). The ``backbones``
+group records the exact networks the features came from (attrs) and small binary blobs
+(e.g. re-estimated BatchNorm statistics) as uint8 arrays, so the store is self-describing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -55,6 +61,28 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class Claim:
+    """A per-video writer lock (see :meth:`FeatureStore.claim`); release it when done."""
+
+    def __init__(self, video_id: str, fd: int):
+        self.video_id = video_id
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -180,6 +208,59 @@ class FeatureStore:
         group = self._videos().require_group(safe_name(video_id))
         group.attrs.put({"video_id": video_id, "complete": False,
                          "failure": {"path": path, "stage": stage, "error": error}})
+
+    # -- coordination between writers and self-description (used by ``fcvc extract``) --------------
+    def lock(self):
+        """The store-wide lock (the one :meth:`create` takes), for short setup steps."""
+        return file_lock(self.path.with_name(self.path.name + ".lock"))
+
+    def claim(self, video_id: str) -> Claim | None:
+        """Try to become the only writer of ``video_id``; None when another process holds it."""
+        d = self.path / ".claims"
+        d.mkdir(exist_ok=True)
+        fd = os.open(d / f"{safe_name(video_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return Claim(video_id, fd)
+
+    def video_attrs(self, video_id: str) -> dict[str, Any] | None:
+        """A video group's attrs as on disk (complete or not); None if absent or unreadable."""
+        meta = self.path / "videos" / safe_name(video_id) / "zarr.json"
+        try:
+            return dict(json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}))
+        except (OSError, ValueError):
+            return None
+
+    def discard_video(self, video_id: str) -> None:
+        """Remove whatever a video's group holds (a partial write, an old failure); hold its claim."""
+        shutil.rmtree(self.path / "videos" / safe_name(video_id), ignore_errors=True)
+
+    def backbone_records(self) -> dict[str, Any]:
+        """The ``backbones`` group's attrs: what each feature network is, exactly."""
+        meta = self.path / "backbones" / "zarr.json"
+        try:
+            return dict(json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}))
+        except (OSError, ValueError):
+            return {}
+
+    def put_backbone(self, name: str, record: dict[str, Any], blobs: dict[str, bytes] | None = None) -> None:
+        """Save blobs (uint8 arrays ``backbones/<key>``) and then ``record`` under ``name`` (last)."""
+        group = self._root.require_group("backbones")
+        for key, data in (blobs or {}).items():
+            group.create_array(key, data=np.frombuffer(data, dtype=np.uint8), overwrite=True)
+        group.attrs.update({name: record})
+
+    def get_blob(self, key: str) -> bytes:
+        import zarr
+
+        try:
+            arr = zarr.open_array(str(self.path / "backbones" / key), mode="r", zarr_format=3)
+        except Exception as e:
+            raise MissingArtifactError(f"{self.path}: backbones/{key} is missing or unreadable ({e})") from None
+        return np.asarray(arr[:], dtype=np.uint8).tobytes()
 
     # -- reading -------------------------------------------------------------------------------
     def read_video(self, video_id: str) -> VideoFeatures:

@@ -1,0 +1,59 @@
+"""``fcvc extract``: the Click wrapper around :func:`fcvc_pipeline.stages.extract.run_extract`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fcvc_pipeline.commands.common import common_options, run_and_exit
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--frames", type=int, default=15, show_default=True, help="Frames sampled uniformly per video.")
+@click.option("--frame-size", type=int, default=299, show_default=True,
+              help="Frames are resized to SxS for Inception-V3 (299 gives the 8x8 region grid; minimum 75).")
+@click.option("--inception-weights", default="imagenet", show_default=True,
+              help="imagenet (torchvision, downloaded once) | random[:SEED] (offline; BatchNorm re-estimated "
+                   "on the first frames) | PATH (a state dict in torchvision's layout).")
+@click.option("--c3d-weights", default="auto", show_default=True,
+              help="Clip-model weights: PATH | random[:SEED] | none (no clip features) | hub (pytorchvideo "
+                   "models). auto: $FCVC_C3D_WEIGHTS or ~/.cache/fcvc/c3d.pickle for C3D, hub otherwise.")
+@click.option("--clip-model", default="c3d", show_default=True,
+              type=click.Choice(["c3d", "x3d_m", "slow_r50", "r2plus1d_r50"]),
+              help="C3D (Sports-1M, fc6) or a pytorchvideo hub backbone.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--batch-size", type=int, default=None,
+              help="Frames per Inception forward (clips per clip forward: a quarter). Default 16 on CPU, 128 on CUDA.")
+@click.option("--workers", type=int, default=None, help="Decode worker processes (default: by CPU count).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Extract every N-th video starting at I (default: torchrun's RANK/WORLD_SIZE, else all).")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Feature store path (default: <workdir>/features.zarr).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds allowed to decode one video.")
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
+              help="auto: decord, falling back to PyAV for files decord cannot read.")
+@click.option("--calibration-frames", type=int, default=64, show_default=True,
+              help="Frames used to re-estimate BatchNorm statistics of random weights.")
+@click.option("--force", is_flag=True, help="Delete a store made with other settings and rebuild it.")
+@common_options
+def extract(inputs, frames, frame_size, inception_weights, c3d_weights, clip_model, device, batch_size, workers,
+            shard, store, dtype, timeout, decoder, calibration_frames, force, workdir, json_out, verbose):
+    """Extract Inception-V3 frame/region features and clip features from videos.
+
+    INPUTS are video files, folders (searched recursively) or .txt files listing paths. The video id is
+    the file stem. Reruns extract only new, changed, failed or interrupted videos.
+    """
+
+    def run():
+        from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
+
+        cfg = ExtractConfig(inputs=tuple(inputs), workdir=workdir, store=store, frames=frames, frame_size=frame_size,
+                            inception_weights=inception_weights, c3d_weights=c3d_weights, clip_model=clip_model,
+                            device=device, batch_size=batch_size, workers=workers, shard=shard, force=force,
+                            dtype=dtype, timeout=timeout, decoder=decoder, calibration_frames=calibration_frames)
+        return run_extract(cfg)
+
+    run_and_exit(run, json_out=json_out, verbose=verbose)

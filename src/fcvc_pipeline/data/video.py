@@ -1,0 +1,708 @@
+"""Finding videos, decoding them, and picking the frames the backbones see.
+
+Listing (:func:`list_videos`): inputs are directories (searched recursively for video extensions),
+video files, or text files listing paths (``.txt``/``.lst``/``.list``; one path per line, ``#``
+comments, relative paths resolved from the list's folder). The video id is the file stem; two inputs
+with one id are an error naming both.
+
+Decoding (:func:`decode_video`): decord first; PyAV when decord cannot open or decode a file (AV1,
+truncated files, some frame sizes). decord's frame count comes from the container index and is used
+as is when every frame we need decodes; PyAV counts the frames that actually decode (it stops at
+the first undecodable packet).
+
+Sampling rule, for ``T`` decoded frames and ``N`` wanted frames::
+
+    index_k = floor((k + 0.5) * T / N),   k = 0 .. N-1
+
+i.e. the centre of each of ``N`` equal segments. With ``T >= N`` the indices are distinct; with
+``T < N`` each frame repeats ``N/T`` times (in order), e.g. ``T=3, N=6 -> 0 0 1 1 2 2``.
+Clip ``k`` (for the clip backbone) is ``L`` frames centred on ``index_k`` with a temporal stride
+``s``: ``index_k + s * (j - L // 2)`` for ``j = 0 .. L-1``, clamped to ``[0, T-1]`` (edge frames
+repeat).
+
+Each video is decoded in a worker process of a :class:`DecodePool`, with a per-video timeout: a hung
+or crashing decoder costs that one video (retried once with PyAV if decord was the culprit).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from fcvc_pipeline.errors import ConfigError
+
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv",
+    ".ts", ".mts", ".m2ts", ".vob", ".gif",
+})
+LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
+DECODERS = ("auto", "decord", "pyav")
+
+
+# --------------------------------------------------------------------------------------------------
+# Listing inputs
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoSource:
+    video_id: str  # the file stem
+    path: Path
+
+
+def _is_video_name(name: str) -> bool:
+    return Path(name).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _walk(directory: Path) -> Iterator[Path]:
+    """Video-named entries below ``directory`` (files, dangling links, and folders named like videos).
+
+    Hidden entries (``.name``) are skipped; symlinked folders are not followed.
+    """
+    for root, dirs, files in os.walk(directory):
+        keep = []
+        for d in sorted(dirs):
+            if d.startswith("."):
+                continue
+            if _is_video_name(d):
+                yield Path(root) / d  # a folder named like a video: listed so it fails visibly
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        for f in sorted(files):
+            if not f.startswith(".") and _is_video_name(f):
+                yield Path(root) / f
+
+
+def _read_list(path: Path, problems: list[str]) -> list[Path]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(f"{path}: cannot read the list of videos ({e})")
+        return []
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def list_videos(inputs: Sequence[str | Path]) -> list[VideoSource]:
+    """The videos named by ``inputs``, sorted by id. Raises :class:`ConfigError` listing every problem.
+
+    A command-line input that does not exist is a problem; a missing path inside a list file, a
+    dangling link or a folder named like a video is listed anyway and fails later, per video.
+    """
+    problems: list[str] = []
+    found: list[Path] = []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir() and not (_is_video_name(p.name) and p.is_symlink()):
+            found.extend(_walk(p))
+        elif p.is_file() and p.suffix.lower() in LIST_EXTENSIONS:
+            for entry in _read_list(p, problems):
+                found.extend(_walk(entry) if entry.is_dir() else [entry])
+        elif p.exists() or p.is_symlink():
+            found.append(p)
+        else:
+            problems.append(f"{p}: no such file or directory")
+    by_id: dict[str, VideoSource] = {}
+    seen_paths: set[str] = set()
+    for p in found:
+        key = os.path.abspath(p)
+        if key in seen_paths:
+            continue  # the same file named twice
+        seen_paths.add(key)
+        vid = p.stem if not p.is_dir() else p.name.rsplit(".", 1)[0]
+        if not vid:
+            problems.append(f"{p}: cannot derive a video id from this name")
+            continue
+        if vid in by_id:
+            problems.append(f"two inputs have the video id {vid!r}: {by_id[vid].path} and {p} "
+                            f"(video ids are file stems; rename one)")
+            continue
+        by_id[vid] = VideoSource(vid, p)
+    if problems:
+        raise ConfigError(problems)
+    return [by_id[k] for k in sorted(by_id)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------
+def sample_indices(num_decoded: int, num_samples: int) -> np.ndarray:
+    """``floor((k + 0.5) * T / N)`` for ``k < N``: int64 [N] (see the module docstring)."""
+    if num_decoded < 1 or num_samples < 1:
+        raise ValueError("need at least one decoded frame and one sample")
+    k = np.arange(num_samples, dtype=np.int64)
+    return ((2 * k + 1) * num_decoded) // (2 * num_samples)
+
+
+def clip_windows(centres: np.ndarray, num_decoded: int, length: int, stride: int = 1) -> np.ndarray:
+    """Frame indices of one clip per centre: int64 [N, L], ``centre + stride * (j - L // 2)`` clamped."""
+    offsets = stride * (np.arange(length, dtype=np.int64) - length // 2)
+    return np.clip(np.asarray(centres, dtype=np.int64)[:, None] + offsets[None, :], 0, num_decoded - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clip frames are cut: ``length`` frames ``stride`` apart, resized, centre-cropped to ``crop``.
+
+    ``resize`` = (H, W) resizes every frame to that size (the C3D recipe: 128x171); otherwise the short
+    side is scaled to ``short_side`` keeping the aspect ratio.
+    """
+
+    length: int = 16
+    stride: int = 1
+    resize: tuple[int, int] | None = (128, 171)
+    short_side: int | None = None
+    crop: int = 112
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    frames: int  # N sampled frames
+    frame_size: int  # frames are resized (squashed) to frame_size x frame_size
+    clip: ClipSpec | None = None
+    decoder: str = "auto"  # auto (decord, then PyAV) | decord | pyav
+    chunk: int = 16  # frames fetched from decord at a time (bounds memory for 1080p)
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # uint8 [N, S, S, 3] RGB, resized to the plan's frame size
+    frame_indices: np.ndarray  # int32 [N] indices into the decoded video
+    clip_frames: np.ndarray | None  # uint8 [K, c, c, 3] RGB: the distinct frames the clips use
+    clip_index: np.ndarray | None  # int32 [N, L] rows of clip_frames making clip n
+    num_frames: int  # T: frames that decode
+    fps: float
+    width: int
+    height: int
+    decoder: str  # "decord" or "pyav"
+    fallback_reason: str | None = None  # why decord was not used, when PyAV decoded
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; the message says why (one line)."""
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if frame.shape[0] == height and frame.shape[1] == width:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+
+
+def _clip_frame(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if spec.resize is not None:
+        rh, rw = spec.resize
+    else:
+        side = spec.short_side or spec.crop
+        scale = side / min(h, w)
+        rh, rw = max(side, round(h * scale)), max(side, round(w * scale))
+    out = _resize(frame, rh, rw)
+    top, left = (rh - spec.crop) // 2, (rw - spec.crop) // 2
+    return np.ascontiguousarray(out[top:top + spec.crop, left:left + spec.crop])
+
+
+class _Assembler:
+    """Collects decoded frames (in any order) into the arrays of a :class:`DecodedVideo`."""
+
+    def __init__(self, plan: DecodePlan, num_decoded: int):
+        self.plan = plan
+        self.T = num_decoded
+        self.sampled = sample_indices(num_decoded, plan.frames)  # [N]
+        self.sample_set = set(self.sampled.tolist())
+        self.windows = None  # [N, L]
+        self.clip_ids: list[int] = []
+        if plan.clip is not None:
+            self.windows = clip_windows(self.sampled, num_decoded, plan.clip.length, plan.clip.stride)
+            self.clip_ids = sorted(set(self.windows.ravel().tolist()))
+        self.clip_set = set(self.clip_ids)
+        self.needed = sorted(self.sample_set | self.clip_set)
+        self._frames: dict[int, np.ndarray] = {}
+        self._clips: dict[int, np.ndarray] = {}
+
+    def add(self, index: int, rgb: np.ndarray) -> None:
+        """Keep what frame ``index`` (uint8 [H, W, 3]) contributes: a resized frame and/or a clip crop."""
+        s = self.plan.frame_size
+        if index in self.sample_set and index not in self._frames:
+            self._frames[index] = _resize(rgb, s, s)
+        if index in self.clip_set and index not in self._clips:
+            self._clips[index] = _clip_frame(rgb, self.plan.clip)
+
+    def missing(self) -> list[int]:
+        return [i for i in self.needed
+                if (i in self.sample_set and i not in self._frames) or (i in self.clip_set and i not in self._clips)]
+
+    def result(self, *, fps: float, width: int, height: int, decoder: str,
+               fallback_reason: str | None = None) -> DecodedVideo:
+        frames = np.stack([self._frames[i] for i in self.sampled.tolist()])
+        clip_frames = clip_index = None
+        if self.windows is not None:
+            row = {idx: r for r, idx in enumerate(self.clip_ids)}
+            clip_frames = np.stack([self._clips[i] for i in self.clip_ids])
+            clip_index = np.array([[row[i] for i in w] for w in self.windows.tolist()], dtype=np.int32)
+        return DecodedVideo(frames=frames, frame_indices=self.sampled.astype(np.int32), clip_frames=clip_frames,
+                            clip_index=clip_index, num_frames=self.T, fps=float(fps), width=int(width),
+                            height=int(height), decoder=decoder, fallback_reason=fallback_reason)
+
+
+_NOISE = (
+    re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: "),  # decord: "[12:00:00] /src/video_reader.cc:151: "
+    re.compile(r"\[Errno -?\d+\] "),  # PyAV: errno prefix
+    re.compile(r": '[^']*'(?=;|$)"),  # PyAV: the file name (the caller names the file)
+    re.compile(r"last error log: \[[^\]]*\] "),  # PyAV: "[mov,mp4,m4a,...] "
+)
+
+
+def _first_line(e: BaseException) -> str:
+    """A one-line, human reason from a decoder exception (C++ context and file names removed)."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Stack trace", "[bt]"))]
+    line = "; ".join(lines[:2]) if lines else text
+    for pattern in _NOISE:
+        line = pattern.sub("", line)
+    return line[:300]
+
+
+def _decode_decord(path: Path, plan: DecodePlan) -> DecodedVideo:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    total = len(vr)
+    if total < 1:
+        raise DecodeError("decord found no video frames")
+    asm = _Assembler(plan, total)
+    needed = asm.needed
+    height = width = 0
+    for start in range(0, len(needed), plan.chunk):
+        idx = needed[start:start + plan.chunk]
+        batch = vr.get_batch(idx).asnumpy()  # uint8 [b, H, W, 3]
+        if batch.ndim != 4 or batch.shape[0] != len(idx) or batch.shape[-1] != 3:
+            raise DecodeError(f"decord returned an unexpected batch shape {batch.shape}")
+        height, width = batch.shape[1:3]
+        for i, frame in zip(idx, batch):
+            asm.add(i, frame)
+    return asm.result(fps=vr.get_avg_fps() or 0.0, width=width, height=height, decoder="decord")
+
+
+def _open_pyav(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path), mode="r")
+    except Exception as e:  # av.error.* subclasses OSError/ValueError
+        raise DecodeError(f"not a readable video file ({_first_line(e)})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        raise DecodeError("no video stream in the file" + (f" (it has: {', '.join(kinds)})" if kinds else ""))
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _pyav_frames(path: Path) -> Iterator[Any]:
+    """Decoded frames of the first video stream; stops quietly at the first undecodable packet."""
+    container, stream = _open_pyav(path)
+    try:
+        gen = container.decode(stream)
+        while True:
+            try:
+                frame = next(gen)
+            except StopIteration:
+                return
+            except Exception:  # corrupt/truncated data: the frames so far are what decodes
+                return
+            yield frame
+    finally:
+        container.close()
+
+
+def _decode_pyav(path: Path, plan: DecodePlan, fallback_reason: str | None) -> DecodedVideo:
+    # pass 1: count the frames that actually decode (cheap: no colour conversion)
+    total = sum(1 for _ in _pyav_frames(path))
+    if total < 1:
+        raise DecodeError("no frame of the video stream could be decoded (truncated or corrupt file)")
+    asm = _Assembler(plan, total)
+    wanted = set(asm.needed)
+    last = asm.needed[-1]
+    container, stream = _open_pyav(path)
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    container.close()
+    width = height = 0
+    # pass 2: convert only the frames we need
+    for i, frame in enumerate(_pyav_frames(path)):
+        if i in wanted:
+            rgb = frame.to_ndarray(format="rgb24")  # uint8 [H, W, 3]
+            height, width = rgb.shape[:2]
+            asm.add(i, rgb)
+        if i >= last:
+            break
+    if asm.missing():
+        raise DecodeError("frames that decoded on the first pass did not decode again")
+    return asm.result(fps=fps, width=width, height=height, decoder="pyav", fallback_reason=fallback_reason)
+
+
+def check_video_path(path: Path) -> None:
+    """Raise :class:`DecodeError` for paths that cannot be a video file at all."""
+    if path.is_symlink() and not path.exists():
+        raise DecodeError(f"dangling symbolic link (points to {os.readlink(path)})")
+    if not path.exists():
+        raise DecodeError("file not found")
+    if path.is_dir():
+        raise DecodeError("is a directory, not a video file")
+    if not path.is_file():
+        raise DecodeError("not a regular file")
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise DecodeError("file is not readable (permission denied)")
+
+
+def decode_video(path: str | Path, plan: DecodePlan, *, on_stage: Callable[[str], None] | None = None) -> DecodedVideo:
+    """Decode ``path`` and return the sampled frames (and clip frames) of ``plan``.
+
+    ``on_stage`` is told which decoder runs ("decord", "pyav") so a supervisor knows who hung.
+    Raises :class:`DecodeError` with a one-line reason.
+    """
+    path = Path(path)
+    check_video_path(path)
+    reason = None
+    if plan.decoder in ("auto", "decord"):
+        if on_stage:
+            on_stage("decord")
+        try:
+            return _decode_decord(path, plan)
+        except DecodeError as e:
+            reason = str(e)
+        except Exception as e:  # decord raises DECORDError / RuntimeError with C++ context
+            reason = f"decord: {_first_line(e)}"
+        if plan.decoder == "decord":
+            raise DecodeError(reason)
+    if on_stage:
+        on_stage("pyav")
+    try:
+        return _decode_pyav(path, plan, reason)
+    except DecodeError as e:
+        raise DecodeError(str(e)) from None
+    except Exception as e:
+        raise DecodeError(f"PyAV: {_first_line(e)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker processes with a per-video timeout
+# --------------------------------------------------------------------------------------------------
+# Workers are plain subprocesses (``python -c ...``) talking over a socket pair with pickled
+# messages, not ``multiprocessing`` children: nothing re-imports the caller's ``__main__`` module, and a
+# worker dies with its parent (PR_SET_PDEATHSIG) even when the parent is killed with -9.
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _quiet_native_logs() -> None:
+    """FFmpeg and decord write warnings straight to fd 2; a worker reports its errors as messages."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass
+    try:
+        import av.logging
+
+        av.logging.set_level(av.logging.PANIC)
+    except Exception:
+        pass
+
+
+def worker_main(fd: int, decode_fn: str, quiet: bool) -> None:
+    """Entry point of a decode worker process: decode each (task_id, path, plan) it is sent."""
+    from multiprocessing.connection import Connection
+
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    conn = Connection(fd)
+    fn = _resolve(decode_fn)
+    if quiet:
+        _quiet_native_logs()
+    conn.send(("ready", -1, os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        task_id, path, plan = msg
+        try:
+            result = fn(path, plan, on_stage=lambda s: conn.send(("stage", task_id, s)))
+            conn.send(("ok", task_id, result))
+        except DecodeError as e:
+            conn.send(("error", task_id, str(e)))
+        except Exception as e:  # a decoder bug: still one video's failure, not the run's
+            conn.send(("error", task_id, f"{type(e).__name__}: {_first_line(e)}"))
+
+
+@dataclass
+class _Task:
+    task_id: int
+    item: Any
+    path: Path
+    plan: DecodePlan
+    retried: bool = False
+
+
+class WorkerStartError(RuntimeError):
+    """A decode worker could not start (broken environment): the run cannot continue."""
+
+
+class _Slot:
+    """One worker process and what it is doing."""
+
+    def __init__(self, decode_fn: str, quiet: bool, start_timeout: float = 60.0):
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+        from multiprocessing.connection import Connection
+
+        parent, child = socket.socketpair()
+        self._err = tempfile.TemporaryFile()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        code = ("import sys; from fcvc_pipeline.data.video import worker_main; "
+                "worker_main(int(sys.argv[1]), sys.argv[2], sys.argv[3] == '1')")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(child.fileno()), decode_fn, "1" if quiet else "0"],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
+            env=env, close_fds=True)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.task: _Task | None = None
+        self.stage = ""
+        self.started = 0.0
+        self.deadline = 0.0
+        if not self.conn.poll(start_timeout):
+            self.kill()
+            raise WorkerStartError(f"a decode worker did not start within {start_timeout:g} s")
+        try:
+            self.conn.recv()  # ("ready", -1, pid)
+        except (EOFError, OSError):
+            self.proc.wait(timeout=5)
+            self._err.seek(0)
+            tail = self._err.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+            self.kill()
+            raise WorkerStartError("a decode worker failed to start: " + " | ".join(tail)) from None
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:
+            pass
+        self.conn.close()
+        self._err.close()
+
+    def stop(self) -> None:
+        """Ask an idle worker to exit; kill it if it does not."""
+        try:
+            self.conn.send(None)
+            self.proc.wait(timeout=2)
+        except Exception:
+            pass
+        self.kill()
+
+
+@dataclass
+class DecodeOutcome:
+    item: Any  # what the caller passed in
+    video: DecodedVideo | None
+    error: str | None  # one line, when video is None
+    seconds: float = 0.0
+
+
+_DONE = object()
+
+
+class DecodePool:
+    """Decode videos in ``workers`` processes, each video under a ``timeout`` (seconds).
+
+    :meth:`imap` takes items with a ``path`` attribute (or ``path_of(item)``) and yields a
+    :class:`DecodeOutcome` per item in completion order, keeping at most ``prefetch`` decoded videos
+    waiting for the consumer. A worker that crashes or exceeds the timeout is killed and replaced;
+    when that happened inside decord (``plan.decoder == "auto"``), the video is retried once with PyAV.
+    ``decode_fn`` names the decoding function as ``"module:function"`` with the signature of
+    :func:`decode_video` (tests substitute hanging or crashing ones).
+    """
+
+    def __init__(self, plan: DecodePlan, *, workers: int = 2, timeout: float = 120.0, prefetch: int | None = None,
+                 decode_fn: str = "fcvc_pipeline.data.video:decode_video", quiet: bool = True):
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.plan = plan
+        self.workers = workers
+        self.timeout = float(timeout)
+        self.prefetch = prefetch if prefetch is not None else 2 * workers
+        self.decode_fn = decode_fn
+        self.quiet = quiet
+        self._stop = threading.Event()
+
+    # -- consumer side ------------------------------------------------------------------------
+    def imap(self, items: Iterable[Any], *, path_of: Callable[[Any], Path] = lambda it: it.path) -> Iterator[DecodeOutcome]:
+        out: queue.Queue = queue.Queue()
+        room = threading.Semaphore(self.prefetch)
+        thread = threading.Thread(target=self._schedule, args=(iter(items), path_of, out, room),
+                                  name="fcvc-decode", daemon=True)
+        self._stop.clear()
+        thread.start()
+        try:
+            while True:
+                msg = out.get()
+                if msg is _DONE:
+                    break
+                if isinstance(msg, BaseException):
+                    raise msg
+                room.release()
+                yield msg
+        finally:
+            self._stop.set()
+            room.release()  # wake the scheduler if it waits for room
+            thread.join(timeout=30)
+
+    # -- scheduler thread ---------------------------------------------------------------------
+    def _schedule(self, items: Iterator[Any], path_of, out: queue.Queue, room: threading.Semaphore) -> None:
+        from multiprocessing.connection import wait
+
+        slots: list[_Slot] = []
+        retry: deque[_Task] = deque()
+        next_id = 0
+        exhausted = False
+        try:
+            slots = [_Slot(self.decode_fn, self.quiet) for _ in range(self.workers)]
+            while not self._stop.is_set():
+                # hand out work: one task per idle worker, while the consumer has room
+                for slot in slots:
+                    if slot.task is not None or self._stop.is_set():
+                        continue
+                    if retry:
+                        task = retry.popleft()
+                    elif exhausted:
+                        continue
+                    else:
+                        if not room.acquire(timeout=0.05) or self._stop.is_set():
+                            break
+                        item = next(items, _DONE)
+                        if item is _DONE:
+                            exhausted = True
+                            room.release()
+                            continue
+                        task = _Task(next_id, item, Path(path_of(item)), self.plan)
+                        next_id += 1
+                    slot.task, slot.stage = task, ""
+                    slot.started = time.monotonic()
+                    slot.deadline = slot.started + self.timeout
+                    slot.conn.send((task.task_id, str(task.path), task.plan))
+                busy = [s for s in slots if s.task is not None]
+                if not busy:
+                    if exhausted and not retry:
+                        break
+                    continue
+                wait_for = max(0.0, min(s.deadline for s in busy) - time.monotonic())
+                wait([s.conn for s in busy], timeout=min(wait_for, 0.2))
+                for i, slot in enumerate(slots):
+                    if slot.task is not None:
+                        slots[i] = self._poll(slot, retry, out)
+        except BaseException as e:  # hand the error to the consumer thread
+            out.put(e)
+        finally:
+            for slot in slots:
+                if slot.task is None:
+                    slot.stop()
+                else:
+                    slot.kill()
+            out.put(_DONE)
+
+    def _poll(self, slot: _Slot, retry: deque, out: queue.Queue) -> _Slot:
+        """Collect what ``slot`` has to say; returns the slot (or its replacement)."""
+        task = slot.task
+        assert task is not None
+        try:
+            while slot.conn.poll():
+                kind, task_id, payload = slot.conn.recv()
+                if task_id != task.task_id:
+                    continue
+                if kind == "stage":
+                    slot.stage = payload
+                    continue
+                slot.task = None
+                seconds = time.monotonic() - slot.started
+                if kind == "ok":
+                    out.put(DecodeOutcome(task.item, payload, None, seconds))
+                else:
+                    out.put(DecodeOutcome(task.item, None, payload, seconds))
+                return slot
+        except (EOFError, OSError):
+            return self._replace(slot, retry, out, self._death_reason(slot))
+        if slot.proc.poll() is not None:
+            return self._replace(slot, retry, out, self._death_reason(slot))
+        if time.monotonic() > slot.deadline:
+            return self._replace(slot, retry, out, f"decoding timed out after {self.timeout:g} s")
+        return slot
+
+    @staticmethod
+    def _death_reason(slot: _Slot) -> str:
+        try:
+            code = slot.proc.wait(timeout=5)
+        except Exception:
+            code = None
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the decoder process crashed ({name})"
+        return f"the decoder process exited unexpectedly (exit code {code})"
+
+    def _replace(self, slot: _Slot, retry: deque, out: queue.Queue, reason: str) -> _Slot:
+        task = slot.task
+        assert task is not None
+        culprit = slot.stage or "decoder start"
+        seconds = time.monotonic() - slot.started
+        slot.kill()
+        fresh = _Slot(self.decode_fn, self.quiet)
+        if culprit == "decord" and task.plan.decoder == "auto" and not task.retried:
+            retry.append(replace(task, plan=replace(task.plan, decoder="pyav"), retried=True))
+        else:
+            out.put(DecodeOutcome(task.item, None, f"{reason} (in {culprit})", seconds))
+        return fresh

@@ -1,0 +1,277 @@
+"""Which networks a feature store's features come from: resolve, build, calibrate, record, reload.
+
+The store's ``settings`` name the weights (``imagenet``, ``hub``, ``random:<seed>``,
+``sha256:<file hash>``); its ``backbones`` group holds one record per network with everything needed
+to rebuild exactly that network later (a resumed run, an extended run, ``fcvc caption`` of a new
+video through :func:`fcvc_pipeline.stages.extract.extract_like`):
+
+- ``imagenet`` / ``hub``: the download URL; the weights come from torch's hub cache.
+- a PATH: the path and the file's sha256 (a changed file is refused).
+- ``random:<seed>``: the seed, plus the BatchNorm statistics re-estimated on the corpus's first
+  frames, saved as a blob in the store (a few hundred KB; the seeded weights are regenerated).
+
+Every record also carries ``state_sha256``, the hash of the final network's state dict, checked on
+every reload: a network that differs in any value is never used to extend a store.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fcvc_pipeline.artifacts import file_sha256
+from fcvc_pipeline.data.feature_store import FeatureStore
+from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError
+from fcvc_pipeline.models.backbones import (
+    CLIP_MODELS, ClipModelInfo, InceptionFeatures, WeightsChoice, batchnorm_state, build_clip_model,
+    build_inception_v3, calibrate_batchnorm, has_batchnorm, hub_state, imagenet_inception_state,
+    load_batchnorm_state, load_state_file, preprocess_clips, preprocess_frames, state_sha256,
+)
+from fcvc_pipeline import progress
+
+CALIBRATION_CHUNK = 16  # frames per BatchNorm calibration pass (fixed: the result must not depend on --batch-size)
+CLIP_CALIBRATION_CHUNK = 4
+
+
+@dataclass
+class CalibrationData:
+    """Frames (and clips) of the corpus's first videos, in input order."""
+
+    frames: np.ndarray  # uint8 [n, S, S, 3]
+    clips: np.ndarray | None  # uint8 [m, L, c, c, 3]
+    video_ids: list[str]
+
+
+def weights_label(choice: WeightsChoice, file_hash: str | None = None) -> str:
+    """The identity written in the store settings: imagenet | hub | random:<seed> | sha256:<hash>."""
+    if choice.kind == "path":
+        assert file_hash is not None
+        return f"sha256:{file_hash}"
+    return choice.label()
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the networks
+# --------------------------------------------------------------------------------------------------
+class Backbones:
+    """The frame network and the optional clip network on one device.
+
+    On CUDA, inputs travel as uint8 through pinned memory with non-blocking copies, the networks
+    run in channels_last layout under bfloat16 autocast; outputs come back as float32 numpy arrays.
+    """
+
+    def __init__(self, inception: InceptionFeatures, clip: nn.Module | None, clip_info: ClipModelInfo | None,
+                 device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.inception = inception.to(device).eval()
+        self.clip = clip.to(device).eval() if clip is not None else None
+        self.clip_info = clip_info
+        if self.cuda:
+            self.inception = self.inception.to(memory_format=torch.channels_last)
+            if self.clip is not None:
+                self.clip = self.clip.to(memory_format=torch.channels_last_3d)
+
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.cuda else "fp32"
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.cuda:
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda)
+
+    def frame_inputs(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [B, S, S, 3] -> the network input on the device (float [B, 3, S, S])."""
+        x = preprocess_frames(self._to_device(frames))
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def clip_inputs(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 [B, L, c, c, 3] -> the clip network input on the device (float [B, 3, L, c, c])."""
+        assert self.clip_info is not None
+        x = preprocess_clips(self._to_device(clips), self.clip_info)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.cuda else x.contiguous()
+
+    @torch.inference_mode()
+    def frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [B, S, S, 3] -> (pooled float32 [B, 2048], regions float32 [B, G*G, 2048])."""
+        x = self.frame_inputs(frames)
+        with self._autocast():
+            pooled, regions = self.inception(x)
+        return pooled.float().cpu().numpy(), regions.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def clips(self, clips: np.ndarray) -> np.ndarray:
+        """uint8 [B, L, c, c, 3] -> float32 [B, C]."""
+        assert self.clip is not None
+        x = self.clip_inputs(clips)
+        with self._autocast():
+            out = self.clip(x)
+        return out.float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a network from a choice or from a record
+# --------------------------------------------------------------------------------------------------
+def _bn_blob(module: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(batchnorm_state(module), buf)
+    return buf.getvalue()
+
+
+def _load_bn_blob(module: nn.Module, data: bytes, where: str) -> None:
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    load_batchnorm_state(module, state, where)
+
+
+def _build(role: str, kind: str, *, seed: int = 0, path: Path | None = None, clip_model: str | None = None
+           ) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the ``role`` ("inception" | "clip") network; returns it and the record fields known so far."""
+    state = None
+    record: dict[str, Any] = {"kind": kind}
+    if kind == "imagenet":
+        state, record["url"] = imagenet_inception_state()
+    elif kind == "hub":
+        assert clip_model is not None
+        state, record["url"] = hub_state(clip_model)
+    elif kind == "path":
+        assert path is not None
+        state = load_state_file(path)
+        record.update(path=str(Path(path).resolve()), file_sha256=file_sha256(path))
+    elif kind == "random":
+        record["seed"] = seed
+    else:
+        raise ValueError(kind)
+    source = path or record.get("url") or f"random:{seed}"
+    if role == "inception":
+        module: nn.Module = InceptionFeatures(build_inception_v3(state, seed=seed, source=source))
+    else:
+        assert clip_model is not None
+        module = build_clip_model(clip_model, state, seed=seed, source=source)
+        record["model"] = clip_model
+    return module, record
+
+
+def _calibrate(role: str, module: nn.Module, data: CalibrationData, device: torch.device,
+               clip_info: ClipModelInfo | None) -> dict[str, Any]:
+    """Re-estimate BatchNorm statistics of a random network on the calibration frames (or clips)."""
+    module.to(device)
+    if role == "inception":
+        if len(data.frames) < 2:
+            raise ConfigError("random Inception weights need at least 2 frames to re-estimate BatchNorm "
+                              "statistics, and the inputs gave fewer", hint="add videos or use --frames >= 2")
+        chunks = np.array_split(np.arange(len(data.frames)), -(-len(data.frames) // CALIBRATION_CHUNK))
+        batches = (preprocess_frames(torch.from_numpy(data.frames[c]).to(device)) for c in chunks)
+        used = len(data.frames)
+    else:
+        assert clip_info is not None
+        if data.clips is None or len(data.clips) < 2:
+            raise ConfigError(f"random {clip_info.name} weights need at least 2 clips to re-estimate BatchNorm "
+                              "statistics, and the inputs gave fewer")
+        chunks = np.array_split(np.arange(len(data.clips)), -(-len(data.clips) // CLIP_CALIBRATION_CHUNK))
+        batches = (preprocess_clips(torch.from_numpy(data.clips[c]).to(device), clip_info) for c in chunks)
+        used = len(data.clips)
+    calibrate_batchnorm(module, batches)
+    module.to("cpu")
+    return {"frames" if role == "inception" else "clips": used, "videos": list(data.video_ids)}
+
+
+def _record_matches(old: dict[str, Any], new_label: str) -> bool:
+    return old.get("weights") == new_label
+
+
+def load_from_record(store: FeatureStore, role: str, record: dict[str, Any], *, path_override: Path | None = None
+                     ) -> nn.Module:
+    """Rebuild the network a store recorded, verifying it is the very same (``state_sha256``)."""
+    kind = record.get("kind")
+    where = f"{store.path} (backbones/{role})"
+    path = None
+    if kind == "path":
+        path = Path(path_override or record["path"])
+        if not path.is_file():
+            raise MissingArtifactError(f"{where}: the weights file {path} is gone",
+                                       hint="pass the file again (same content) to rebuild the same network")
+        digest = file_sha256(path)
+        if digest != record.get("file_sha256"):
+            raise MismatchError(f"{path}: this weights file changed since {store.path} was extracted "
+                                f"(sha256 {digest[:12]}... != recorded {str(record.get('file_sha256'))[:12]}...)",
+                                hint="use the original file, or re-extract everything with --force")
+    module, _ = _build(role, kind, seed=int(record.get("seed", 0)), path=path, clip_model=record.get("model"))
+    if record.get("bn_blob"):
+        _load_bn_blob(module, store.get_blob(record["bn_blob"]), where)
+    digest = state_sha256(module.state_dict())
+    if digest != record.get("state_sha256"):
+        raise MismatchError(f"{where}: the rebuilt {role} network differs from the one recorded "
+                            f"(state sha256 {digest[:12]}... != {str(record.get('state_sha256'))[:12]}...)",
+                            hint="a different torch/torchvision version may initialise or ship weights "
+                                 "differently; re-extract with --force")
+    return module
+
+
+def prepare_backbones(store: FeatureStore, settings: dict[str, Any], choices: dict[str, WeightsChoice | None],
+                      device: torch.device, calibration: Callable[[], CalibrationData], *,
+                      reference: FeatureStore | None = None, path_overrides: dict[str, Path] | None = None
+                      ) -> Backbones:
+    """The networks for ``store``: reloaded from its records, else built, calibrated and recorded.
+
+    ``choices`` maps "inception"/"clip" to the parsed weights (clip None: no clip features).
+    With ``reference``, the records (and blobs) are copied from that store instead of being made.
+    Runs under the store lock, so concurrent writers agree on one network (the first one records it).
+    """
+    path_overrides = path_overrides or {}
+    clip_info = CLIP_MODELS[settings["clip"]["model"]] if settings.get("clip") else None
+    modules: dict[str, nn.Module | None] = {"inception": None, "clip": None}
+    with store.lock():
+        records = store.backbone_records()
+        ref_records = reference.backbone_records() if reference is not None else {}
+        data: CalibrationData | None = None
+        for role in ("inception", "clip"):
+            entry = settings.get(role)
+            if entry is None:
+                continue
+            label = entry["weights"]
+            record = records.get(role)
+            if record is None and role in ref_records:
+                record = dict(ref_records[role])
+                blobs = {record["bn_blob"]: reference.get_blob(record["bn_blob"])} if record.get("bn_blob") else {}
+                modules[role] = load_from_record(reference, role, record, path_override=path_overrides.get(role))
+                store.put_backbone(role, record, blobs)
+                continue
+            if record is not None:
+                if not _record_matches(record, label):
+                    raise MismatchError(f"{store.path}: backbones/{role} records weights {record.get('weights')!r} "
+                                        f"but the settings say {label!r}", hint="rebuild with --force")
+                modules[role] = load_from_record(store, role, record, path_override=path_overrides.get(role))
+                continue
+            if reference is not None:
+                raise MissingArtifactError(f"{reference.path}: no record of its {role} network",
+                                           hint="re-extract the reference store with this version of fcvc")
+            choice = choices[role]
+            assert choice is not None
+            module, record = _build(role, choice.kind, seed=choice.seed, path=choice.path,
+                                    clip_model=settings["clip"]["model"] if role == "clip" else None)
+            record["weights"] = label
+            blobs = {}
+            if choice.kind == "random" and has_batchnorm(module):
+                if data is None:
+                    data = calibration()
+                progress.log(f"re-estimating {role} BatchNorm statistics on the first "
+                             f"{len(data.video_ids)} video(s) (random weights)")
+                record["calibration"] = _calibrate(role, module, data, device, clip_info)
+                record["bn_blob"] = f"{role}_bn"
+                blobs[record["bn_blob"]] = _bn_blob(module)
+            record["state_sha256"] = state_sha256(module.state_dict())
+            store.put_backbone(role, record, blobs)
+            modules[role] = module
+    assert modules["inception"] is not None
+    return Backbones(modules["inception"], modules["clip"], clip_info, device)
