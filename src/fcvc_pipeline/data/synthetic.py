@@ -280,6 +280,43 @@ def render_video(spec: VideoSpec, *, size: int = DEFAULT_SIZE, frames: int = DEF
     return out
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB uint8 [H, W, 3] -> (Y [H, W], Cb [H/2, W/2], Cr [H/2, W/2]) uint8, BT.601 limited range."""
+    rgb = frame.astype(np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+
+    def sub(c: np.ndarray) -> np.ndarray:  # [H, W] -> [H/2, W/2], mean of each 2x2 block
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    def u8(c: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(c), 0, 255).astype(np.uint8)
+
+    return u8(y), u8(sub(cb)), u8(sub(cr))
+
+
+def _yuv_frame(frame: np.ndarray):
+    """An ``av.VideoFrame`` (yuv420p) whose row padding is zeroed, not left uninitialised.
+
+    Reproducibility depends on this: with a plane's line size wider than its width (a 24-pixel chroma
+    row in a 32-byte line), x264 was seen to produce different bytes for the same pixels from run to
+    run, because the padding held leftovers of earlier frames. The conversion is done here too,
+    rather than by FFmpeg's scaler inside PyAV's encode, for the same reason.
+    """
+    import av
+
+    h, w = frame.shape[:2]
+    out = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(out.planes, rgb_to_yuv420p(frame)):
+        buf = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        buf[:, :plane.width] = data
+        plane.update(buf)
+    return out
+
+
 def write_mp4(path: Path, frames: np.ndarray, *, fps: int = DEFAULT_FPS, gop: int = 12, crf: int = 20) -> None:
     """H.264 (yuv420p) MP4, one keyframe every ``gop`` frames, single-threaded for reproducibility."""
     import av
@@ -297,7 +334,7 @@ def write_mp4(path: Path, frames: np.ndarray, *, fps: int = DEFAULT_FPS, gop: in
             stream.options = {"crf": str(crf), "preset": "medium",
                               "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
             for arr in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                for packet in stream.encode(_yuv_frame(arr)):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
