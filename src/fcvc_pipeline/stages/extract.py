@@ -112,9 +112,9 @@ def _clip_choice(value: str, model: str) -> WeightsChoice:
         env = os.environ.get(C3D_ENV)
         candidate = Path(env).expanduser() if env else DEFAULT_C3D_PATH.expanduser()
         if not candidate.is_file():
-            raise ConfigError(f"no C3D weights found (looked for {candidate}; set {C3D_ENV} or pass --c3d-weights)",
-                              hint="--c3d-weights PATH (DavideA's Sports-1M c3d.pickle), random (offline test "
-                                   "mode) or none (no clip features)")
+            raise ConfigError(f"no C3D weights found (looked for {candidate}, set by ${C3D_ENV} or the default "
+                              f"{DEFAULT_C3D_PATH}): pass --c3d-weights PATH (DavideA's Sports-1M c3d.pickle), "
+                              f"--c3d-weights random (offline test mode) or --c3d-weights none (no clip features)")
         return WeightsChoice("path", path=candidate)
     if value == "auto":
         return WeightsChoice("hub")
