@@ -164,4 +164,14 @@ def test_committed_sample_matches_the_generator():
         assert (sample / v["url"]).is_file()
     total = sum(p.stat().st_size for p in sample.rglob("*") if p.is_file())
     assert total < 5_000_000
-    assert sy.bundled_sample_dir() == sample
+    assert sy.is_sample_dir(sample)
+
+
+def test_bundled_sample_dir_is_found_from_the_checkout(monkeypatch, tmp_path):
+    if not sy.is_sample_dir(REPO / "data" / "sample"):
+        pytest.skip("no committed sample set in this checkout")
+    monkeypatch.chdir(REPO)
+    assert sy.bundled_sample_dir().resolve() == (REPO / "data" / "sample").resolve()
+    monkeypatch.chdir(tmp_path)
+    found = sy.bundled_sample_dir()  # from an editable install still the repository's; from a wheel, none
+    assert found is None or found.resolve() == (REPO / "data" / "sample").resolve()

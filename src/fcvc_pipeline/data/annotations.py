@@ -36,8 +36,8 @@ import contextlib
 import csv
 import io
 import json
+import re
 import sys
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 from fcvc_pipeline.data.splits import (MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split,
                                        read_split_file)
-from fcvc_pipeline.data.text import clean_reference, is_blank
+from fcvc_pipeline.data.text import clean_reference
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.naming import is_safe
 
@@ -55,6 +55,7 @@ MAX_CAPTION_CHARS = 10_000
 _VIDEO_COLS = ("video_id", "videoid", "video", "vid", "id")
 _CAPTION_COLS = ("caption", "sentence", "description", "text")
 _MSVD_COLS = ("videoid", "start", "end", "language", "description")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode category Cc, plus line/paragraph separators
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,10 @@ def _video_id(path: Path, value: Any, where: str, line: int | None = None) -> st
     vid = str(value).strip()
     if not vid:
         raise InputError(path, f"{where}: empty video id", line=line)
-    for ch in vid:
-        if unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029":
-            raise InputError(path, f"{where}: video id {vid!r} contains a control character (U+{ord(ch):04X})",
-                             line=line, hint="video ids must be printable; fix the id in the file")
+    bad = _CONTROL.search(vid)
+    if bad:
+        raise InputError(path, f"{where}: video id {vid!r} contains a control character (U+{ord(bad.group()):04X})",
+                         line=line, hint="video ids must be printable; fix the id in the file")
     return vid
 
 
@@ -146,13 +147,16 @@ class _Collector:
         if text is not None and not isinstance(text, str):
             at = "" if line is not None else f"{where}: "
             raise InputError(self.path, f"{at}caption must be text, got {type(text).__name__}", line=line)
-        if is_blank(text):
+        if text is None:
             self.counts["empty_captions"] += 1
             return
         if len(text) > MAX_CAPTION_CHARS:
             self.counts["too_long_captions"] += 1
             return
         ref = clean_reference(text)
+        if not ref:
+            self.counts["empty_captions"] += 1
+            return
         if (vid, ref) in self._seen_pairs:
             self.counts["duplicate_captions"] += 1  # kept: benchmarks score against every reference
         self._seen_pairs.add((vid, ref))

@@ -14,15 +14,21 @@ Inception-V3 with re-estimated BatchNorm statistics, fed 15 frames resized to 29
   frames; the motion trail shows the direction inside every single frame;
 - shapes have very different silhouettes (round, square, pointed, long and thin).
 
+Measured on the default set (seed 0) with such features (pooled 2048-d, 15 frames, ridge probe
+trained on the 105 training videos, scored on the 45 others): colour 98% (chance 20%), background
+100%, shape 51-56% (25%), action 56% from the frame mean, 67% from mean and spread over frames,
+91% when frame order is available (17%).
+
 Splits: about 70% train, 14% validate, 16% test. Some colour-shape-action combinations are held
 out: they occur only in test (half of the test videos), while every colour, shape and action word
 still occurs in train; val and the other test videos reuse combinations seen in training. Captions
 (5 per video) come from sentence templates with synonyms ("a red circle moves to the left", "the
 red ball is moving left", ...); a val/test caption uses only words that occur in training captions.
 
-Everything is drawn from one ``random.Random(seed)``: the same seed gives byte-identical
-``annotations.json`` and identical decoded frames. ``generate_sample`` is importable so ``fcvc demo``
-can rebuild the set when the repository's ``data/`` folder is not at hand (an installed wheel).
+Everything is drawn from two ``random.Random`` streams derived from the seed (the plan and the
+captions; a string seed is hashed with SHA-512, independent of PYTHONHASHSEED): the same seed gives
+byte-identical ``annotations.json`` and identical decoded frames. ``generate_sample`` is importable so
+``fcvc demo`` can rebuild the set when the repository's ``data/`` is not at hand (an installed wheel).
 """
 
 from __future__ import annotations
@@ -406,14 +412,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise ConfigError(f"{out_dir} exists and is not a folder")
-    ann = out_dir / "annotations.json"
     if not any(out_dir.iterdir()):
         return
-    try:
-        ours = json.loads(ann.read_text(encoding="utf-8")).get("info", {}).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+    if not is_sample_dir(out_dir):
         raise ConfigError(f"{out_dir} is not empty and holds no sample set written by fcvc",
                           hint="choose an empty or new --out folder")
 
@@ -459,15 +460,27 @@ def generate_sample(out_dir: Path, *, n: int = DEFAULT_N, seed: int = 0, size: i
     return out_dir / "annotations.json"
 
 
+def is_sample_dir(path: Path) -> bool:
+    """True when ``path`` holds a complete sample set written by this generator."""
+    try:
+        info = json.loads((Path(path) / "annotations.json").read_text(encoding="utf-8")).get("info", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(info, dict) and info.get("generator") == GENERATOR
+
+
 def bundled_sample_dir() -> Path | None:
-    """``data/sample`` of a source checkout, when present (an installed wheel has none)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "data" / "sample"
-        if (candidate / "annotations.json").is_file() and (parent / "pyproject.toml").is_file():
+    """The repository's ``data/sample``, when at hand: beside the source tree (an editable install) or
+    under the current directory (a checkout with fcvc installed from it, as nox does); else None."""
+    candidates = [parent / "data" / "sample" for parent in Path(__file__).resolve().parents
+                  if (parent / "pyproject.toml").is_file()]
+    candidates.append(Path.cwd() / "data" / "sample")
+    for candidate in candidates:
+        if is_sample_dir(candidate):
             return candidate
     return None
 
 
-__all__ = ["generate_sample", "plan_sample", "write_captions", "render_video", "write_mp4", "bundled_sample_dir",
-           "VideoSpec", "split_sizes", "COLOURS", "SHAPES", "ACTIONS", "BACKGROUNDS"]
+__all__ = ["generate_sample", "plan_sample", "write_captions", "build_annotations", "render_video", "write_mp4",
+           "bundled_sample_dir", "is_sample_dir", "VideoSpec", "split_sizes", "COLOURS", "SHAPES", "ACTIONS",
+           "BACKGROUNDS"]

@@ -36,17 +36,22 @@ def _char_class(ch: str) -> str:
     return "keep"
 
 
+class _Translation(dict):
+    """A ``str.translate`` table filled on first sight of each character (captions reuse few of them)."""
+
+    def __missing__(self, code: int) -> int | str | None:
+        kind = _char_class(chr(code))
+        value = None if kind == "drop" else " " if kind == "space" else code
+        self[code] = value
+        return value
+
+
+_TABLE = _Translation()
+
+
 def normalize_caption(text: str) -> list[str]:
     """Training tokens of one caption: lowercase, punctuation stripped, whitespace-split."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    out = []
-    for ch in text:
-        kind = _char_class(ch)
-        if kind == "keep":
-            out.append(ch)
-        elif kind == "space":
-            out.append(" ")
-    return "".join(out).split()
+    return unicodedata.normalize("NFKC", text).lower().translate(_TABLE).split()
 
 
 def clean_reference(text: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -113,16 +113,17 @@ def build_table(ann: Annotations, *, min_count: int, max_len: int) -> tuple[Voca
                           hint="check the split column or --split-file")
     vocab = build_vocabulary([r.tokens for r in rows if r.split == "train"], min_count=min_count, max_len=max_len)
 
-    per_split: dict[str, dict[str, Any]] = {}
-    total_tokens = total_unk = 0
-    for split in SPLITS:
-        split_rows = [r for r in rows if r.split == split]
-        n_tok = sum(len(r.tokens) for r in split_rows)
-        n_unk = sum(1 for r in split_rows for t in r.tokens if vocab.id(t) == vocab.unk_id)
-        per_split[split] = {"videos": len({r.video_id for r in split_rows}), "captions": len(split_rows),
-                            "tokens": n_tok, "unk_rate": round(n_unk / n_tok, 6) if n_tok else 0.0}
-        total_tokens += n_tok
-        total_unk += n_unk
+    known = set(vocab.tokens)
+    videos: dict[str, set[str]] = {s: set() for s in SPLITS}
+    n_caps, n_tok, n_unk = Counter(), Counter(), Counter()
+    for r in rows:  # one pass: large corpora have ~200k rows
+        videos[r.split].add(r.video_id)
+        n_caps[r.split] += 1
+        n_tok[r.split] += len(r.tokens)
+        n_unk[r.split] += sum(1 for t in r.tokens if t not in known)
+    per_split = {s: {"videos": len(videos[s]), "captions": n_caps[s], "tokens": n_tok[s],
+                     "unk_rate": round(n_unk[s] / n_tok[s], 6) if n_tok[s] else 0.0} for s in SPLITS}
+    total_tokens, total_unk = sum(n_tok.values()), sum(n_unk.values())
     counts = ann.counts
     stats = {
         "vocab_size": len(vocab),
