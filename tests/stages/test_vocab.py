@@ -180,3 +180,9 @@ def test_no_training_split_is_an_error(tmp_path):
         run_vocab(VocabConfig(annotations=jsonl(tmp_path / "a.jsonl", [("v", "test", "a b")]),
                               workdir=tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "vocab" / "manifest.json")
+
+
+def test_empty_test_split_is_reported(tmp_path, capsys):
+    run_vocab(VocabConfig(annotations=jsonl(tmp_path / "a.jsonl", ROWS[:5]), workdir=tmp_path / "w"))
+    err = capsys.readouterr().err
+    assert "the test split is empty" in err and "val split is empty" not in err

@@ -110,7 +110,9 @@ def build_table(ann: Annotations, *, min_count: int, max_len: int) -> tuple[Voca
     if not any(r.split == "train" for r in rows):
         raise ConfigError(f"{ann.path}: no training captions after the split rules "
                           f"(splits found: {sorted({r.split for r in rows}) or 'none'})",
-                          hint="check the split column or --split-file")
+                          hint="check the split column or --split-file (MSR-VTT ships its test split in a "
+                               "separate test_videodatainfo.json: merge its videos and sentences into the "
+                               "train_val file)")
     vocab = build_vocabulary([r.tokens for r in rows if r.split == "train"], min_count=min_count, max_len=max_len)
 
     known = set(vocab.tokens)
@@ -191,6 +193,10 @@ def log_stats(stats: dict[str, Any], features: dict[str, Any] | None) -> None:
     if dup["video_entries_merged"] or dup["identical_captions_kept"]:
         progress.log(f"duplicates: {dup['video_entries_merged']} repeated video entries merged, "
                      f"{dup['identical_captions_kept']} identical captions of one video kept")
+    for split in ("val", "test"):
+        if not stats["splits"][split]["captions"]:
+            progress.warn(f"the {split} split is empty" + (": `fcvc score` will have nothing to score"
+                                                          if split == "test" else ""))
     if stats["videos_without_captions"]["count"]:
         s = stats["videos_without_captions"]
         progress.warn(f"{s['count']} listed videos have no usable caption and are left out: {_ids(s)}")
