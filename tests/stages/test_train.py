@@ -94,3 +94,19 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     assert doc["epochs"] == 2
     assert (tmp_path / "runs" / "fcvc-ta" / "best.pt").is_file()
     assert len((tmp_path / "runs" / "fcvc-ta" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_ablation_runner_writes_the_paper_table(tmp_path):
+    from fcvc_pipeline.stages.ablation import ABLATION_ORDER
+
+    w = make_tiny_workdir(tmp_path)
+    res = run_train(TrainConfig(workdir=w, model="all", epochs=2, score_beam_size=2, **TINY))
+    assert [r["model"] for r in res.rows] == list(ABLATION_ORDER)
+    table = (w / "runs" / "ablation.md").read_text()
+    for name in ABLATION_ORDER:
+        assert name in table
+    doc = json.loads((w / "runs" / "ablation.json").read_text())
+    for row in doc["rows"]:
+        assert 0.0 <= row["Bleu_4"] <= 1.0 and row["CIDEr"] >= 0.0 and row["sec_per_10M_params"] > 0
+        assert (w / "runs" / row["model"] / "best.pt").is_file()

@@ -49,9 +49,12 @@ def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: P
                             hint="rerun `fcvc vocab` with the original annotations, or retrain")
 
 
-def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int = 5, max_len: int = 20,
+def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int = 5, max_len: int | None = None,
                   length_penalty: float = 1.0, device: str = "auto") -> Path:
-    """Caption every video of ``split`` that has features; returns the cached captions file (JSON list)."""
+    """Caption every video of ``split`` that has features; returns the cached captions file (JSON list).
+
+    ``max_len`` defaults to the longest caption the model was built for.
+    """
     import torch
 
     from fcvc_pipeline.checkpoint import load_model_from_checkpoint
@@ -85,7 +88,8 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     bank = load_feature_bank(store, video_ids, regions=model.config.uses_regions)
     progress.log(f"captioning {len(video_ids)} '{split}' videos with {run_dir.name} (beam {beam_size})")
     with torch.inference_mode():
-        hyps = caption_bank(model, bank, vocab, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+        hyps = caption_bank(model, bank, vocab, beam_size=beam_size, max_len=max_len or model.config.max_len,
+                            length_penalty=length_penalty,
                             device=dev)
     items = [{"video": v, "caption": vocab.decode(hyps[v].tokens), "score": float(hyps[v].score)} for v in video_ids]
     atomic_write_json(out, items)
