@@ -57,6 +57,12 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     return {"sha256": file_sha256(p), "size": p.stat().st_size}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
     path = Path(path)
@@ -67,6 +73,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -95,3 +95,129 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     atomic_write_json(out, items)
     atomic_write_json(key_file, {"key": fingerprint(key), "detail": key})
     return out
+
+
+# -- fcvc caption VIDEO... -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaptionConfig:
+    inputs: tuple[Path, ...]
+    workdir: Path = DEFAULT_WORKDIR
+    run: str | None = None
+    checkpoint: Path | None = None  # overrides run
+    beam_size: int = 5
+    max_len: int | None = None  # default: the model's longest caption
+    length_penalty: float = 1.0
+    attention: Path | None = None  # directory for one attention figure per video
+    device: str = "auto"
+    workers: int | None = None
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.inputs:
+            problems.append("give at least one video file or directory")
+        if self.beam_size < 1:
+            problems.append("--beam-size must be at least 1")
+        if self.max_len is not None and self.max_len < 1:
+            problems.append("--max-len must be at least 1")
+        if self.run is not None and self.checkpoint is not None:
+            problems.append("give --run or --checkpoint, not both")
+        if (p := check_device_spec(self.device)) is not None:
+            problems.append(p)
+        return problems
+
+
+@dataclass
+class CaptionResult:
+    items: list[dict[str, Any]]
+    failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
+    checkpoint: str = ""
+    figures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_json(self) -> list[dict[str, Any]]:
+        failed = [{"video": v, "caption": None, "error": why} for v, why in self.failed.items()]
+        return self.items + failed
+
+
+def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path) -> FeatureStore:
+    """The store the model was trained on: recorded in the checkpoint, else the work directory's."""
+    for candidate in (Path(ckpt.get("store_path", "")), workdir_paths(workdir)["features"]):
+        if str(candidate) and FeatureStore.exists(candidate):
+            store = FeatureStore.open(candidate)
+            if store.settings_fingerprint == ckpt.get("store_settings_fingerprint"):
+                return store
+            raise MismatchError(
+                f"{checkpoint_path} was trained on features extracted with other settings than {candidate}",
+                hint="caption with the work directory the model was trained in")
+    raise MissingArtifactError(f"the feature store {checkpoint_path} was trained on is gone ({ckpt.get('store_path')})",
+                               hint="its settings and backbone weights are needed to compute matching features; "
+                                    "pass --workdir of the training run")
+
+
+def run_caption(cfg: CaptionConfig) -> CaptionResult:
+    import torch
+
+    from fcvc_pipeline.checkpoint import load_model_from_checkpoint
+    from fcvc_pipeline.data.dataset import load_feature_bank
+    from fcvc_pipeline.data.video import list_videos
+    from fcvc_pipeline.inference import caption_bank
+    from fcvc_pipeline.stages.extract import extract_like
+
+    require(cfg.validate())
+    sources = list_videos(cfg.inputs)
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else resolve_run(cfg.workdir, cfg.run) / "best.pt"
+    dev = resolve_device(cfg.device)
+    model, ckpt = load_model_from_checkpoint(ckpt_path, dev)
+    vocab = Vocabulary.from_json(ckpt["vocab"])
+    ref = _reference_store(ckpt, cfg.workdir, ckpt_path)
+    out_store = Path(cfg.workdir) / "caption-features" / f"{ref.settings_fingerprint[:16]}.zarr"
+    progress.log(f"caption: {len(sources)} video(s) with {ckpt_path} (features like {ref.path})")
+    extracted = extract_like(ref.path, [s.path for s in sources], out_store, device=cfg.device, workers=cfg.workers)
+    store = FeatureStore.open(out_store)
+    failed = dict(extracted.failed)
+    done = [s for s in sources if s.video_id not in failed and store.is_complete(s.video_id)]
+    for s in sources:
+        if s.video_id not in failed and not store.is_complete(s.video_id):
+            failed[s.video_id] = "no features were written"
+    items: list[dict[str, Any]] = []
+    figures: dict[str, str] = {}
+    if done:
+        bank = load_feature_bank(store, [s.video_id for s in done], regions=model.config.uses_regions)
+        with torch.inference_mode():
+            hyps = caption_bank(model, bank, vocab, beam_size=cfg.beam_size,
+                                max_len=cfg.max_len or model.config.max_len, length_penalty=cfg.length_penalty,
+                                device=dev)
+        for s in done:
+            h = hyps[s.video_id]
+            items.append({"video": s.video_id, "path": str(s.path), "caption": vocab.decode(h.tokens),
+                          "score": float(h.score)})
+        if cfg.attention is not None:
+            figures = _attention_figures(cfg.attention, done, hyps, vocab, ref.settings)
+    for v, why in failed.items():
+        progress.warn(f"{v}: {why}")
+    return CaptionResult(items=items, failed=failed, checkpoint=str(ckpt_path), figures=figures)
+
+
+def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary, settings: dict[str, Any]) -> dict[str, str]:
+    """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap."""
+    from fcvc_pipeline.data.video import decode_video
+    from fcvc_pipeline.naming import safe_name
+    from fcvc_pipeline.stages.extract import decode_plan
+    from fcvc_pipeline.visualize import render_attention_figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = decode_plan({**settings, "clip": None})
+    figures = {}
+    for s in sources:
+        h = hyps[s.video_id]
+        words = vocab.decode_tokens(h.tokens)
+        frames = decode_video(s.path, plan).frames
+        path = render_attention_figure(out_dir / f"{safe_name(s.video_id)}.png", frames, words,
+                                       h.frame_attn, h.region_attn, title=f"{s.video_id}: {' '.join(words)}")
+        figures[s.video_id] = str(path)
+        progress.log(f"attention figure: {path}")
+    return figures

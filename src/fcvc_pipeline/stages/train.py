@@ -331,7 +331,7 @@ class Trainer:
                          f"{batches_per_epoch} batches per epoch on {self.device}")
 
         def snapshot(extra_pos: dict[str, Any]) -> dict[str, Any]:
-            return {"model_config": model_cfg.to_json(), "vocab_fingerprint": vocab.fingerprint(),
+            return {"model_config": model_cfg.to_json(), "vocab": vocab.to_json(), "vocab_fingerprint": vocab.fingerprint(),
                     "store_settings_fingerprint": store.settings_fingerprint, "store_path": str(self.paths["features"]),
                     "manifest_key": manifest_key, "state_dict": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
