@@ -128,6 +128,20 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
         assert word in text, word
 
 
+def test_shards_split_the_sorted_inputs_and_follow_torchrun(tmp_path, monkeypatch):
+    make_corpus(tmp_path / "v", 5)
+    parts = [ExtractConfig(inputs=(tmp_path / "v",), shard=f"{i}/2", **{**TINY, "c3d_weights": "none"}).check().mine()
+             for i in range(2)]
+    assert [v.video_id for v in parts[0]] == ["clip00", "clip02", "clip04"]
+    assert [v.video_id for v in parts[1]] == ["clip01", "clip03"]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert ExtractConfig(inputs=(tmp_path / "v",), **TINY).check().mine() == parts[1]
+    with pytest.raises(ConfigError) as e:
+        ExtractConfig(inputs=(tmp_path / "v",), force=True, **TINY).check()
+    assert "--force" in str(e.value)
+
+
 def test_c3d_default_without_weights_names_the_options(tmp_path, monkeypatch):
     monkeypatch.setenv("FCVC_C3D_WEIGHTS", str(tmp_path / "no_c3d.pickle"))
     make_corpus(tmp_path / "v", 1)
@@ -293,6 +307,13 @@ def test_extract_like_rebuilds_the_exact_networks(tmp_path):
     a, b = ref.read_video("clip01"), new.read_video("clip01")
     np.testing.assert_allclose(b.frame_features.astype(np.float32), a.frame_features.astype(np.float32),
                                rtol=2e-3, atol=2e-3)
+
+    # a store with the same settings but networks calibrated on another corpus is not extended
+    make_corpus(tmp_path / "other", 2, frames=5, height=64, width=64)
+    run_extract(cfg([tmp_path / "other"], tmp_path / "other.zarr"))
+    with pytest.raises(MismatchError) as e:
+        extract_like(ref_path, [single], tmp_path / "other.zarr", device="cpu", workers=1)
+    assert "another inception network" in str(e.value)
 
 
 def test_extract_like_refuses_a_changed_weights_file(tmp_path):

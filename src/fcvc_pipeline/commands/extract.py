@@ -25,7 +25,8 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="C3D (Sports-1M, fc6) or a pytorchvideo hub backbone.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch-size", type=int, default=None,
-              help="Frames per Inception forward (clips per clip forward: a quarter). Default 16 on CPU, 128 on CUDA.")
+              help="Frames per Inception forward (clips per clip forward: a quarter). Default: whole videos, "
+                   "about 16 frames on CPU and 128 on CUDA.")
 @click.option("--workers", type=int, default=None, help="Decode worker processes (default: by CPU count).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Extract every N-th video starting at I (default: torchrun's RANK/WORLD_SIZE, else all).")

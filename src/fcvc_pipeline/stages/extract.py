@@ -160,8 +160,9 @@ class ExtractResult:
     failed_paths: dict[str, str] = field(default_factory=dict)  # video_id -> path
     seconds: float = 0.0
     in_progress_elsewhere: int = 0  # claimed by another writer during this run
-    frames: int = 0
-    compute_seconds: float = 0.0
+    frames: int = 0  # frames pushed through the frame backbone
+    compute_seconds: float = 0.0  # inside backbone forwards (incl. host<->device copies)
+    loop_seconds: float = 0.0  # decode + compute + write, after the networks were ready
     device: str = ""
 
     @property
@@ -232,11 +233,13 @@ def decode_plan(settings: dict[str, Any], decoder: str = "auto") -> DecodePlan:
 # --------------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------------
-def _defaults(device, workers: int | None, batch_size: int | None) -> tuple[int, int]:
+def _defaults(device, workers: int | None, batch_size: int | None, frames: int = 15) -> tuple[int, int]:
+    """Decode workers and frames per forward. The default batch holds whole videos (a multiple of
+    ``frames``: about 16 frames on CPU, 128 on CUDA), so every forward has the same shape."""
     cpus = os.cpu_count() or 2
     if device.type == "cuda":
-        return workers or max(1, min(16, cpus - 2)), batch_size or 128
-    return workers or max(1, min(8, cpus // 2)), batch_size or 16
+        return workers or max(1, min(16, cpus - 2)), batch_size or frames * max(1, 128 // frames)
+    return workers or max(1, min(8, cpus // 2)), batch_size or frames * max(1, round(16 / frames))
 
 
 def _device_for(spec: str):
@@ -341,7 +344,7 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
     why_text = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
     progress.log(f"{store_path}: extracting {len(todo)} videos ({why_text}); {result.up_to_date} up to date{shard_note}")
 
-    workers, batch_size = _defaults(device, cfg.workers, cfg.batch_size)
+    workers, batch_size = _defaults(device, cfg.workers, cfg.batch_size, int(settings["frames"]))
     plan = decode_plan(settings, cfg.decoder)
 
     def calibration():
@@ -355,7 +358,9 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
         loop = ExtractionLoop(store, backbones, plan, workers=workers, timeout=cfg.timeout, batch_size=batch_size,
                               clip_batch=max(1, batch_size // 4), dtype=settings["dtype"], bar=bar,
                               run_attrs=run_attrs)
+        t_loop = time.perf_counter()
         stats = loop.run(todo)
+        result.loop_seconds = time.perf_counter() - t_loop
     result.completed = stats.completed
     result.up_to_date += stats.late_up_to_date
     result.in_progress_elsewhere = stats.busy

@@ -248,6 +248,11 @@ def prepare_backbones(store: FeatureStore, settings: dict[str, Any], choices: di
                 store.put_backbone(role, record, blobs)
                 continue
             if record is not None:
+                ref_record = ref_records.get(role)
+                if ref_record is not None and ref_record.get("state_sha256") != record.get("state_sha256"):
+                    raise MismatchError(f"{store.path} was extracted with another {role} network than "
+                                        f"{reference.path} (same settings, different weights or calibration)",
+                                        hint="use a new output store")
                 if not _record_matches(record, label):
                     raise MismatchError(f"{store.path}: backbones/{role} records weights {record.get('weights')!r} "
                                         f"but the settings say {label!r}", hint="rebuild with --force")
