@@ -1,0 +1,158 @@
+"""``fcvc demo``: extract -> vocab -> train -> score -> caption on the bundled sample set.
+
+The settings are chosen to finish in minutes on a 2-core CPU with no network: a seeded random
+Inception-V3 with re-estimated BatchNorm statistics (no pretrained weights offline), no C3D clips (77
+GFLOPs each would dominate on a CPU), and a narrower FCVC-CF&IA (d = 256) than the paper's d = 512.
+Every stage caches its artifacts, so a second run only re-reads them. The closing report compares the
+model with the best constant caption (the quality floor) and captions a few test videos from their
+files, end to end, with an attention figure each.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.artifacts import atomic_write_json, fingerprint
+from fcvc_pipeline.config import DEFAULT_WORKDIR, workdir_paths
+from fcvc_pipeline.errors import MissingArtifactError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = DEFAULT_WORKDIR
+    data: Path | None = None  # a sample directory (videos/ + annotations.json); default: the bundled one
+    model: str = "fcvc-cf-ia"
+    frames: int = 15
+    frame_size: int = 299
+    epochs: int = 25
+    d_model: int = 256
+    batch_size: int = 50
+    lr: float = 1e-3
+    patience: int = 8
+    show: int = 3  # test videos captioned from their files at the end
+    device: str = "auto"
+
+
+@dataclass
+class DemoResult:
+    scores: dict[str, Any]
+    constant_caption: dict[str, Any]
+    examples: list[dict[str, Any]]
+    seconds: dict[str, float]
+    paths: dict[str, str]
+    exit_code: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scores": self.scores, "constant_caption": self.constant_caption, "examples": self.examples,
+                "seconds": self.seconds, "paths": self.paths}
+
+
+def _sample_dir(cfg: DemoConfig) -> Path:
+    from fcvc_pipeline.data.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
+
+    if cfg.data is not None:
+        if not (Path(cfg.data) / "annotations.json").is_file():
+            raise MissingArtifactError(f"{cfg.data} is not a sample directory (no annotations.json)",
+                                       hint="omit --data to use the bundled sample set")
+        return Path(cfg.data)
+    found = bundled_sample_dir()
+    if found is not None:
+        return found
+    target = Path(cfg.workdir) / "sample-data"
+    if not is_sample_dir(target):
+        progress.log(f"the bundled sample set is not at hand: generating it into {target}")
+        generate_sample(target)
+    return target
+
+
+def _constant_caption(workdir: Path) -> dict[str, Any]:
+    """The best constant caption on the test split (cached against the caption table)."""
+    from fcvc_pipeline.artifacts import read_manifest
+    from fcvc_pipeline.data.vocabulary import load_captions, references_by_video
+    from fcvc_pipeline.stages.baselines import best_constant_caption
+
+    vocab_dir = workdir_paths(workdir)["vocab"]
+    key = fingerprint({"vocab": read_manifest(vocab_dir).fingerprint() if read_manifest(vocab_dir) else None})
+    cache = Path(workdir) / "demo" / "constant-caption.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["result"]
+    rows = load_captions(vocab_dir)
+    refs = references_by_video(r for r in rows if r.split == "test")
+    caption, cider = best_constant_caption([r.caption for r in rows if r.split == "train"], refs)
+    result = {"caption": caption, "CIDEr": cider}
+    atomic_write_json(cache, {"key": key, "result": result})
+    return result
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    from fcvc_pipeline.data.vocabulary import load_captions, references_by_video
+    from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
+    from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
+    from fcvc_pipeline.stages.score import ScoreConfig, run_score
+    from fcvc_pipeline.stages.train import TrainConfig, run_train
+    from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
+
+    w = Path(cfg.workdir)
+    paths = workdir_paths(w)
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def stage(name: str, fn):
+        progress.log(f"\n== {name} ==")
+        t0 = time.perf_counter()
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        return out
+
+    data = _sample_dir(cfg)
+    extract = stage("extract", lambda: run_extract(ExtractConfig(
+        inputs=(data / "videos",), workdir=w, frames=cfg.frames, frame_size=cfg.frame_size,
+        inception_weights="random", c3d_weights="none", device=cfg.device)))
+    stage("vocab", lambda: run_vocab(VocabConfig(annotations=data / "annotations.json", workdir=w, min_count=1)))
+    trained = stage("train", lambda: run_train(TrainConfig(
+        workdir=w, model=cfg.model, epochs=cfg.epochs, d_model=cfg.d_model, batch_size=cfg.batch_size, lr=cfg.lr,
+        patience=cfg.patience, device=cfg.device)))
+    scored = stage("score", lambda: run_score(ScoreConfig(workdir=w, run=trained.run.name, split="test",
+                                                           device=cfg.device)))
+    constant = stage("constant caption", lambda: _constant_caption(w))
+
+    rows = load_captions(paths["vocab"], split="test")
+    refs = references_by_video(rows)
+    show = sorted(refs)[: cfg.show]
+    files = [data / "videos" / f"{v}.mp4" for v in show]
+    captioned = stage("caption", lambda: run_caption(CaptionConfig(
+        inputs=tuple(f for f in files if f.is_file()), workdir=w, run=trained.run.name,
+        attention=w / "demo" / "attention", device=cfg.device)))
+    seconds["total"] = round(time.perf_counter() - t_all, 2)
+
+    examples = [{"video": it["video"], "caption": it["caption"], "references": refs.get(it["video"], [])[:2],
+                 "figure": captioned.figures.get(it["video"])} for it in captioned.items]
+    ratio = scored.scores["CIDEr"] / constant["CIDEr"] if constant["CIDEr"] > 0 else None
+    progress.log("\n== results (test split) ==")
+    progress.log(scored.table)
+    progress.log(f"best constant caption: \"{constant['caption']}\" CIDEr {100 * constant['CIDEr']:.1f}; "
+                 f"{cfg.model}: CIDEr {100 * scored.scores['CIDEr']:.1f}"
+                 + (f" ({ratio:.1f}x the constant caption)" if ratio else ""))
+    for ex in examples:
+        progress.log(f"\n{ex['video']}\n  fcvc:       {ex['caption']}")
+        for r in ex["references"]:
+            progress.log(f"  reference:  {r}")
+    out_paths = {"workdir": str(w), "sample": str(data), "features": str(paths["features"]),
+                 "vocab": str(paths["vocab"]), "run": str(trained.run), "best_checkpoint": str(trained.best_checkpoint),
+                 "captions": str(scored.captions_file), "scores": str(scored.scores_file),
+                 "attention_figures": str(w / "demo" / "attention")}
+    progress.log("\n== artifacts ==")
+    for k, v in out_paths.items():
+        progress.log(f"  {k:18s} {v}")
+    progress.log(f"\ndemo finished in {seconds['total']:.0f}s (" + ", ".join(
+        f"{k} {v:.0f}s" for k, v in seconds.items() if k != "total") + ")")
+    return DemoResult(scores={k: v for k, v in scored.scores.items() if k != "warnings"},
+                      constant_caption={**constant, "ratio": ratio}, examples=examples, seconds=seconds,
+                      paths=out_paths, exit_code=max(extract.exit_code, captioned.exit_code))
