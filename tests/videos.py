@@ -12,6 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -106,6 +107,8 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, codec: s
             pix_fmt = even
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner on stderr otherwise
     container_options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), mode="w", format=container_format, options=container_options) as out:
         stream = out.add_stream(codec, rate=fps)

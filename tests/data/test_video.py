@@ -100,7 +100,6 @@ def test_clip_frames_follow_the_windows(tmp_path):
 
 @pytest.mark.skipif(not has_encoder("libsvtav1"), reason="this FFmpeg build has no AV1 encoder (libsvtav1)")
 def test_pyav_fallback_on_a_file_decord_refuses(tmp_path):
-    os.environ.setdefault("SVT_LOG", "1")
     path = write_video(tmp_path / "av1.mp4", moving_square_frames(8, 64, 64), codec="libsvtav1")
     v = decode_video(path, DecodePlan(frames=4, frame_size=75))
     assert v.decoder == "pyav" and v.num_frames == 8

@@ -186,8 +186,7 @@ def test_bad_inputs_fail_per_file_and_every_good_file_is_extracted(tmp_path):
                                                     faststart=True), d / "truncated_fs.mp4", keep=0.6),
     }
     if has_encoder("libsvtav1"):
-        os.environ.setdefault("SVT_LOG", "1")
-        good["av1"] = write_video(d / "av1.mp4", moving_square_frames(4, 64, 64), codec="libsvtav1")
+            good["av1"] = write_video(d / "av1.mp4", moving_square_frames(4, 64, 64), codec="libsvtav1")
     bad = {"empty": "empty file", "text": "not a readable video", "truncated": "not a readable video",
            "audio": "no video stream", "folder": "is a directory", "dangling": "dangling symbolic link"}
     (d / "empty.mp4").write_bytes(b"")
@@ -360,3 +359,12 @@ def test_full_size_inception_and_c3d_on_one_short_video(tmp_path):
     assert store.settings["clip"]["model"] == "c3d" and store.settings["clip_dim"] == 4096
     c = store.read_video("short").clip_features
     assert c.shape == (2, 4096) and c.dtype == np.float16 and np.isfinite(c).all() and (c >= 0).all()
+
+
+def test_random_weights_with_no_decodable_video_say_why(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "empty.mp4").write_bytes(b"")
+    write_text_as_video(tmp_path / "v" / "text.mp4")
+    with pytest.raises(ConfigError) as e:
+        run_extract(cfg([tmp_path / "v"], tmp_path / "f.zarr"))
+    assert "could not be decoded" in str(e.value) and "empty file" in str(e.value)

@@ -323,6 +323,8 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
     if settings["frame_size"] != 299:
         progress.debug(f"frame size {settings['frame_size']} gives a {grid[0]}x{grid[1]} region grid "
                        f"(the paper's 8x8 needs 299)")
+    if reference is None and (cfg.force or not FeatureStore.exists(store_path)):
+        _preflight(r)  # a missing download fails before a store is created with these settings
     store = FeatureStore.create(store_path, settings, force=cfg.force)
     result = ExtractResult(store=store_path, device=str(device))
 
@@ -373,6 +375,16 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
     return result
 
 
+def _preflight(r: _Resolved) -> None:
+    """Fetch downloadable weights now (into torch's cache), so an offline machine fails early and cleanly."""
+    from fcvc_pipeline.models.backbones import hub_state, imagenet_inception_state
+
+    if r.inception.kind == "imagenet":
+        imagenet_inception_state()
+    if r.clip is not None and r.clip.kind == "hub":
+        hub_state(r.cfg.clip_model)
+
+
 def _summary(result: ExtractResult) -> None:
     rate = result.completed / result.seconds if result.seconds > 0 else 0.0
     parts = [f"extracted {result.completed} videos in {result.seconds:.1f} s ({rate:.2f} videos/s)",
@@ -396,16 +408,20 @@ def _calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wante
 
     clips_wanted = max(2, frames_wanted // 8)
     frames, clips, ids = [], [], []
+    failures: dict[str, str] = {}
     pos = 0
     while len(frames) < frames_wanted and pos < len(sources):
         k = max(1, -(-(frames_wanted - len(frames)) // plan.frames)) + 1
         chunk = sources[pos:pos + k]
         pos += k
         pool = DecodePool(plan, workers=min(workers, len(chunk)), timeout=timeout)
-        decoded = {o.item.video_id: o.video for o in pool.imap(chunk)}
+        outcomes = {o.item.video_id: o for o in pool.imap(chunk)}
         for source in chunk:
-            video = decoded.get(source.video_id)
-            if video is None or len(frames) >= frames_wanted:
+            video = outcomes[source.video_id].video
+            if video is None:
+                failures[source.video_id] = outcomes[source.video_id].error or "?"
+                continue
+            if len(frames) >= frames_wanted:
                 continue
             frames.extend(video.frames)
             if video.clip_frames is not None and len(clips) < clips_wanted:
@@ -414,7 +430,7 @@ def _calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wante
     frames = frames[:frames_wanted]
     clips = clips[:clips_wanted]
     return CalibrationData(frames=np.stack(frames) if frames else np.zeros((0,), np.uint8),
-                           clips=np.stack(clips) if clips else None, video_ids=ids)
+                           clips=np.stack(clips) if clips else None, video_ids=ids, failures=failures)
 
 
 __all__ = ["ExtractConfig", "ExtractResult", "run_extract", "extract_like", "build_settings", "decode_plan",

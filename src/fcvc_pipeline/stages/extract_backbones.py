@@ -17,7 +17,7 @@ every reload: a network that differs in any value is never used to extend a stor
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +46,15 @@ class CalibrationData:
     frames: np.ndarray  # uint8 [n, S, S, 3]
     clips: np.ndarray | None  # uint8 [m, L, c, c, 3]
     video_ids: list[str]
+    failures: dict[str, str] = field(default_factory=dict)  # videos that could not be decoded: id -> reason
+
+    def shortage(self, what: str) -> str:
+        text = f"random {what} weights need at least 2 {'frames' if 'Inception' in what else 'clips'} to " \
+               f"re-estimate BatchNorm statistics, and the inputs gave fewer"
+        if self.failures:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(self.failures.items())[:3])
+            text += f" ({len(self.failures)} video(s) could not be decoded: {shown})"
+        return text
 
 
 def weights_label(choice: WeightsChoice, file_hash: str | None = None) -> str:
@@ -168,16 +177,14 @@ def _calibrate(role: str, module: nn.Module, data: CalibrationData, device: torc
     module.to(device)
     if role == "inception":
         if len(data.frames) < 2:
-            raise ConfigError("random Inception weights need at least 2 frames to re-estimate BatchNorm "
-                              "statistics, and the inputs gave fewer", hint="add videos or use --frames >= 2")
+            raise ConfigError(data.shortage("Inception"), hint="add videos or use --frames >= 2")
         chunks = np.array_split(np.arange(len(data.frames)), -(-len(data.frames) // CALIBRATION_CHUNK))
         batches = (preprocess_frames(torch.from_numpy(data.frames[c]).to(device)) for c in chunks)
         used = len(data.frames)
     else:
         assert clip_info is not None
         if data.clips is None or len(data.clips) < 2:
-            raise ConfigError(f"random {clip_info.name} weights need at least 2 clips to re-estimate BatchNorm "
-                              "statistics, and the inputs gave fewer")
+            raise ConfigError(data.shortage(clip_info.name))
         chunks = np.array_split(np.arange(len(data.clips)), -(-len(data.clips) // CLIP_CALIBRATION_CHUNK))
         batches = (preprocess_clips(torch.from_numpy(data.clips[c]).to(device), clip_info) for c in chunks)
         used = len(data.clips)
