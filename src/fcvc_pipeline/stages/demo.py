@@ -45,11 +45,12 @@ class DemoResult:
     examples: list[dict[str, Any]]
     seconds: dict[str, float]
     paths: dict[str, str]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each stage did (or reused)
     exit_code: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"scores": self.scores, "constant_caption": self.constant_caption, "examples": self.examples,
-                "seconds": self.seconds, "paths": self.paths}
+                "seconds": self.seconds, "paths": self.paths, "stages": self.stages}
 
 
 def _sample_dir(cfg: DemoConfig) -> Path:
@@ -115,7 +116,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     extract = stage("extract", lambda: run_extract(ExtractConfig(
         inputs=(data / "videos",), workdir=w, frames=cfg.frames, frame_size=cfg.frame_size,
         inception_weights="random", c3d_weights="none", device=cfg.device)))
-    stage("vocab", lambda: run_vocab(VocabConfig(annotations=data / "annotations.json", workdir=w, min_count=1)))
+    vocab = stage("vocab", lambda: run_vocab(VocabConfig(annotations=data / "annotations.json", workdir=w, min_count=1)))
     trained = stage("train", lambda: run_train(TrainConfig(
         workdir=w, model=cfg.model, epochs=cfg.epochs, d_model=cfg.d_model, batch_size=cfg.batch_size, lr=cfg.lr,
         patience=cfg.patience, device=cfg.device)))
@@ -155,4 +156,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         f"{k} {v:.0f}s" for k, v in seconds.items() if k != "total") + ")")
     return DemoResult(scores={k: v for k, v in scored.scores.items() if k != "warnings"},
                       constant_caption={**constant, "ratio": ratio}, examples=examples, seconds=seconds,
-                      paths=out_paths, exit_code=max(extract.exit_code, captioned.exit_code))
+                      paths=out_paths, exit_code=max(extract.exit_code, captioned.exit_code),
+                      stages={"extract": {"completed": extract.completed, "up_to_date": extract.up_to_date,
+                                          "failed": len(extract.failed)},
+                              "vocab": {"up_to_date": vocab.up_to_date},
+                              "train": {"up_to_date": trained.up_to_date, "epochs": trained.epochs},
+                              "score": {"cached": scored.cached}})
