@@ -143,8 +143,8 @@ class CaptionResult:
 
 
 def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path) -> FeatureStore:
-    """The store the model was trained on: recorded in the checkpoint, else the work directory's."""
-    for candidate in (Path(ckpt.get("store_path", "")), workdir_paths(workdir)["features"]):
+    """The store whose features the model was trained on: the work directory's, else the recorded one."""
+    for candidate in (workdir_paths(workdir)["features"], Path(ckpt.get("store_path", ""))):
         if str(candidate) and FeatureStore.exists(candidate):
             store = FeatureStore.open(candidate)
             if store.settings_fingerprint == ckpt.get("store_settings_fingerprint"):
