@@ -105,7 +105,7 @@ def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: i
     store = work / f"{label}.zarr"
     cfg = ExtractConfig(inputs=(folder,), store=store, frames=frames, frame_size=frame_size,
                         inception_weights="random", c3d_weights="random" if c3d else "none", device=device,
-                        batch_size=batch_n, workers=workers_n, calibration_frames=min(64, 4 * frames))
+                        batch_size=batch_n, workers=workers_n, calibration_frames=16)
     progress.log(f"[bench extract] {label}: end-to-end extraction")
     t0 = time.perf_counter()
     result = run_extract(cfg)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from fcvc_pipeline.models.backbones import (
     CLIP_MODELS, FRAME_DIM, INCEPTION_MIN_SIZE, WeightsChoice, inception_grid, parse_weights,
 )
 from fcvc_pipeline.data.video import DECODERS, DecodePlan, VideoSource, list_videos
-from fcvc_pipeline.naming import safe_name
 
 SAMPLING_RULE = "index_k = floor((k + 0.5) * T / N); clip k = index_k + stride * (j - L // 2), clamped"
 DTYPES = ("float16", "float32")
@@ -330,14 +329,16 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
 
     mine = r.mine()
     todo: list[VideoSource] = []
-    reasons: dict[str, str] = {}
+    reasons: dict[str, int] = {}
     for source in mine:
         why = video_status(store, source)
         if why is None:
             result.up_to_date += 1
         else:
             todo.append(source)
-            reasons[why] = reasons.get(why, 0) + 1  # type: ignore[assignment]
+            reasons[why] = reasons.get(why, 0) + 1
+            if why != "new":
+                progress.debug(f"  {source.path}: {why}")
     shard_note = f" (shard {r.shard[0]}/{r.shard[1]}: {len(mine)} of {len(r.sources)} videos)" if r.shard[1] > 1 else ""
     if not todo:
         progress.log(f"{store_path}: up to date ({result.up_to_date} videos){shard_note}")
@@ -433,5 +434,4 @@ def _calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wante
                            clips=np.stack(clips) if clips else None, video_ids=ids, failures=failures)
 
 
-__all__ = ["ExtractConfig", "ExtractResult", "run_extract", "extract_like", "build_settings", "decode_plan",
-           "safe_name"]
+__all__ = ["ExtractConfig", "ExtractResult", "run_extract", "extract_like", "build_settings", "decode_plan"]

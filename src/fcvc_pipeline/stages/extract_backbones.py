@@ -83,6 +83,7 @@ class Backbones:
         self.clip = clip.to(device).eval() if clip is not None else None
         self.clip_info = clip_info
         if self.cuda:
+            torch.backends.cudnn.benchmark = True  # batch shapes repeat (whole videos per batch)
             self.inception = self.inception.to(memory_format=torch.channels_last)
             if self.clip is not None:
                 self.clip = self.clip.to(memory_format=torch.channels_last_3d)
