@@ -201,3 +201,18 @@ def test_bf16_autocast_keeps_weights_in_float32(model):
         torch.testing.assert_close(out.frame_attn.sum(-1), torch.ones(2, 5))
     if out.region_attn is not None:
         torch.testing.assert_close(out.region_attn.sum(-1), torch.ones(2, 5, 4))
+
+
+@pytest.mark.parametrize("model", ["fcvc-cf-ia", "fcvc-ia", "lstm"])
+def test_bf16_autocast_incremental_matches_full(model):
+    m = make(model)
+    videos = tiny_videos(2)
+    inputs, _ = tiny_captions(2, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = torch.log_softmax(m(videos, inputs).logits.float(), -1)
+        encoded = m.encode(videos, region_mode="fold")
+        state = m.init_state(encoded, torch.arange(2))
+        for t in range(inputs.shape[1]):
+            log_probs, fa, ra, state = m.step(encoded, state, inputs[:, t])
+            assert log_probs.dtype == torch.float32
+            torch.testing.assert_close(log_probs, full[:, t], atol=2e-2, rtol=2e-2)
