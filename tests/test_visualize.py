@@ -86,11 +86,18 @@ def test_models_without_attention_and_empty_captions(tmp_path):
     assert regions_only.shape[0] > plain.shape[0]
     empty = render_attention_figure(tmp_path / "empty.png", _frames(), [], np.zeros((0, N)), np.zeros((0, N, 64)))
     assert _load(empty).shape[1] > 800
+    # attention with one more row than words (the <eos> step) draws like the first T rows
+    extra = render_attention_figure(tmp_path / "extra.png", _frames(), WORDS, _alpha([0, 1, 2, 3, 4, 5]),
+                                    _beta([0, 1, 2, 3, 4, 5]))
+    exact = render_attention_figure(tmp_path / "exact.png", _frames(), WORDS, _alpha([0, 1, 2, 3, 4]),
+                                    _beta([0, 1, 2, 3, 4]))
+    assert np.array_equal(_load(extra), _load(exact))
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"frames": np.zeros((N, H, W), np.uint8)}, "frames must have shape"),
     ({"frame_attn": np.ones((3, N)) / N}, "frame_attn must have shape"),
+    ({"frame_attn": np.ones((5, N - 2)) / N}, "frame_attn must have shape"),
     ({"region_attn": np.ones((5, N, 60)) / 60}, "not a square grid"),
     ({"region_attn": np.ones((5, N - 1, 64)) / 64}, "region_attn must have shape"),
 ])

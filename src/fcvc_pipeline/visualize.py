@@ -114,12 +114,16 @@ def _check_attention(words: Sequence[str], frame_attn, region_attn, n_frames: in
     grid = 0
     if frame_attn is not None:
         alpha = np.asarray(frame_attn, dtype=np.float64)
+        if alpha.ndim == 2 and alpha.shape[0] > t:
+            alpha = alpha[:t]  # rows past the words: the step that emitted <eos>
         if alpha.shape != (t, n_frames):
             raise ValueError(f"frame_attn must have shape [T={t}, N={n_frames}] (one row per word), "
                              f"got {list(alpha.shape)}")
         alpha = np.clip(np.nan_to_num(alpha, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
     if region_attn is not None:
         beta = np.asarray(region_attn, dtype=np.float64)
+        if beta.ndim == 3 and beta.shape[0] > t:
+            beta = beta[:t]
         if beta.ndim != 3 or beta.shape[:2] != (t, n_frames):
             raise ValueError(f"region_attn must have shape [T={t}, N={n_frames}, M], got {list(beta.shape)}")
         grid = math.isqrt(beta.shape[2])
@@ -165,6 +169,9 @@ def render_attention_figure(out_path: str | Path, frames: np.ndarray, words: lis
     words:       the T generated words
     frame_attn:  [T, N] temporal attention (each row sums to 1), or None
     region_attn: [T, N, M] region attention, M = g*g cells of a row-major grid, or None
+
+    Attention arrays with more than T rows (the step that emitted ``<eos>``) are cut to T rows;
+    fewer rows, or a frame count other than N, is a ValueError.
     """
     frames = _as_uint8_frames(frames)
     n, h, w = frames.shape[:3]

@@ -120,7 +120,8 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
     captions = _match_ids(read_captions_file(captions_file), references, captions_file)
     use_java = java_available() if cfg.use_java is None else cfg.use_java
     key = {"stage": STAGE, "version": VERSION, "split": cfg.split, "captions": file_sha256(captions_file),
-           "references": fingerprint(references), "tokenizer": "ptb" if use_java else "python"}
+           "references": fingerprint(references), "tokenizer": "ptb" if use_java else "python",
+           "pycocoevalcap": _package_version("pycocoevalcap")}
     scores_file = _scores_path(captions_file, cfg.workdir)
 
     scores, cached = _read_cached(scores_file, key), True
@@ -148,6 +149,15 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
     progress.log(f"{scores['videos']} videos, tokenizer: {scores['tokenizer']}, scores saved to {scores_file}")
     return ScoreResult(scores=scores, captions_file=captions_file, scores_file=scores_file, split=cfg.split,
                        cached=cached, table=table)
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
