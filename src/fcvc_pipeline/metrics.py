@@ -341,15 +341,15 @@ def score_captions(captions: Mapping[str, str], references: Mapping[str, Sequenc
         raise ConfigError(f"unknown metric(s) {unknown!r}; choose from {', '.join(METRIC_NAMES)}")
     _check_keys(captions, references)
     warnings: list[str] = []
-    has_java = java_available()
-    if use_java and not has_java:
+    java = java_available() if use_java is not False else False
+    if use_java and not java:
         raise ConfigError("Java was required for scoring but no working `java` is on PATH",
                           hint="install a Java runtime (8 or newer)")
-    java = has_java if use_java is None else bool(use_java)
     if not java:
-        warnings.append("Java is not available: captions were tokenised with fcvc's Python tokenizer "
-                        "(an approximation of PTB, so BLEU/ROUGE-L/CIDEr may differ slightly from "
-                        "pycocoevalcap's) and METEOR was not computed")
+        why = "Java was not used (use_java=False)" if use_java is False else "Java is not available"
+        warnings.append(f"{why}: captions were tokenised with fcvc's Python tokenizer (an approximation of "
+                        "PTB, so BLEU/ROUGE-L/CIDEr may differ slightly from pycocoevalcap's) and METEOR "
+                        "was not computed (install a Java runtime, 8 or newer, for both)")
 
     vids = sorted(captions)
     hyp_text = [captions[v] for v in vids]

@@ -127,12 +127,9 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
     scores, cached = _read_cached(scores_file, key), True
     if scores is None:
         cached = False
-        if not use_java:
-            progress.warn("Java was not found: scoring with the Python tokenizer; METEOR is unavailable "
-                          "(install a Java runtime for pycocoevalcap's PTB tokenizer and METEOR)")
         progress.log(f"scoring {len(captions)} '{cfg.split}' captions from {captions_file}")
         try:
-            scores = score_captions(captions, references, use_java=use_java)
+            scores = score_captions(captions, references, use_java=cfg.use_java)
         except MismatchError as e:
             raise InputError(captions_file, e.message,
                              hint=f"the file must caption exactly the {len(references)} '{cfg.split}' videos "
