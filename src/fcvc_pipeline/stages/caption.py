@@ -217,7 +217,7 @@ def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary, settings
         words = vocab.decode_tokens(h.tokens)
         frames = decode_video(s.path, plan).frames
         path = render_attention_figure(out_dir / f"{safe_name(s.video_id)}.png", frames, words,
-                                       h.frame_attn, h.region_attn, title=f"{s.video_id}: {' '.join(words)}")
+                                       h.frame_attn, h.region_attn, title=s.video_id)
         figures[s.video_id] = str(path)
         progress.log(f"attention figure: {path}")
     return figures

@@ -31,7 +31,7 @@ class ScoreConfig:
     split: str = "test"
     captions: Path | None = None  # score this file instead of captioning the split
     beam_size: int = 5
-    max_len: int = 20
+    max_len: int | None = None  # default: the model's longest caption
     device: str = "auto"
     use_java: bool | None = None  # None: use Java when available (see metrics.score_captions)
 
@@ -45,7 +45,7 @@ class ScoreConfig:
             out.append(f"--captions {self.captions}: no such file")
         if self.beam_size < 1:
             out.append(f"--beam-size must be at least 1 (got {self.beam_size})")
-        if self.max_len < 1:
+        if self.max_len is not None and self.max_len < 1:
             out.append(f"--max-len must be at least 1 (got {self.max_len})")
         device_problem = check_device_spec(self.device)
         if device_problem:
