@@ -133,6 +133,9 @@ def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: i
         "e2e_videos_per_s": round(result.completed / result.loop_seconds, 4),
         "e2e_frames_per_s": round(e2e_fps, 3),
         "e2e_compute_seconds": round(result.compute_seconds, 3),
+        # share of the end-to-end loop spent inside forwards: 1.0 = decode and writes fully hidden
+        # (steadier than the ratio on a shared machine, whose load can change between the two timings)
+        "e2e_compute_share": round(result.compute_seconds / result.loop_seconds, 3),
         "bare_seconds": round(bare["seconds"], 3), "bare_frames_per_s": round(bare_fps, 3),
         "bare_videos": bare["videos"], "bare_videos_per_s": round(bare["videos"] / bare["seconds"], 4),
         "ratio": round(e2e_fps / bare_fps, 3),
