@@ -368,3 +368,15 @@ def test_random_weights_with_no_decodable_video_say_why(tmp_path):
     with pytest.raises(ConfigError) as e:
         run_extract(cfg([tmp_path / "v"], tmp_path / "f.zarr"))
     assert "could not be decoded" in str(e.value) and "empty file" in str(e.value)
+
+
+@pytest.mark.slow
+def test_bench_extract_prints_side_by_side_figures():
+    out = CliRunner().invoke(main, ["bench", "extract", "--json", "--videos", "2", "--c3d-videos", "0",
+                                    "--frames", "2", "--frame-size", "75", "--video-frames", "10",
+                                    "--workers", "1"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    fig = doc["frames_only"]
+    assert fig["videos"] == 2 and fig["frames"] == 4 and fig["bare_frames_per_s"] > 0 and fig["ratio"] > 0
+    assert 0 < fig["e2e_compute_share"] <= 1 and "frames_and_c3d" not in doc
