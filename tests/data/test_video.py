@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fcvc_pipeline.data.decode_pool import DecodePool
 from fcvc_pipeline.data.video import (
-    ClipSpec, DecodeError, DecodePlan, DecodePool, VideoSource, clip_windows, decode_video, list_videos,
-    sample_indices,
+    ClipSpec, DecodeError, DecodePlan, VideoSource, clip_windows, decode_video, list_videos, sample_indices,
 )
 from fcvc_pipeline.errors import ConfigError
 from tests.videos import (

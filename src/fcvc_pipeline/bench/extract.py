@@ -65,7 +65,8 @@ def _bare(store_path: Path, folder: Path, batch_size: int, workers: int, device,
     import torch
 
     from fcvc_pipeline.data.feature_store import FeatureStore
-    from fcvc_pipeline.data.video import DecodePool, list_videos
+    from fcvc_pipeline.data.decode_pool import DecodePool
+    from fcvc_pipeline.data.video import list_videos
     from fcvc_pipeline.stages.extract import decode_plan
     from fcvc_pipeline.stages.extract_backbones import prepare_backbones
 

@@ -404,7 +404,7 @@ def _calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wante
     """Sampled frames (and clips) of the first videos of the whole input list, in list order."""
     import numpy as np
 
-    from fcvc_pipeline.data.video import DecodePool
+    from fcvc_pipeline.data.decode_pool import DecodePool
     from fcvc_pipeline.stages.extract_backbones import CalibrationData
 
     clips_wanted = max(2, frames_wanted // 8)

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from fcvc_pipeline.data.feature_store import Claim, FeatureStore
-from fcvc_pipeline.data.video import DecodedVideo, DecodePlan, DecodePool, VideoSource
+from fcvc_pipeline.data.decode_pool import DecodePool
+from fcvc_pipeline.data.video import DecodedVideo, DecodePlan, VideoSource
 from fcvc_pipeline.stages.extract_backbones import Backbones
 
 
