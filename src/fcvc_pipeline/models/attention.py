@@ -67,13 +67,14 @@ class RegionMemory:
     features: Tensor
     num_frames: int
     projection: nn.Linear | None = None
+    positions: Tensor | None = None  # [M, d] grid-cell embeddings still to add (raw features only)
 
     @property
     def num_regions(self) -> int:
         return self.features.shape[1] // self.num_frames
 
     def index_select(self, idx: Tensor) -> "RegionMemory":
-        return RegionMemory(self.features.index_select(0, idx), self.num_frames, self.projection)
+        return RegionMemory(self.features.index_select(0, idx), self.num_frames, self.projection, self.positions)
 
 
 class InheritedAttention(nn.Module):
@@ -103,15 +104,19 @@ class InheritedAttention(nn.Module):
         R, T, _ = y.shape
         N, M = regions.num_frames, regions.num_regions
         feats = regions.features  # [B, N*M, D]
-        q = self.query(y) @ self.key.weight  # [R, T, d]
-        if regions.projection is not None:
-            q = q @ regions.projection.weight  # [R, T, region_dim]
+        q_d = self.query(y) @ self.key.weight  # [R, T, d]
+        q = q_d @ regions.projection.weight if regions.projection is not None else q_d  # [R, T, region_dim]
         scores = torch.bmm(rows.group(q.to(feats.dtype)), feats.transpose(1, 2))  # [B, C*T, N*M]
-        scores = rows.ungroup(scores, T).view(R, T, N, M).float() * self.scale
-        beta = torch.softmax(scores, dim=-1)  # within each frame
+        scores = rows.ungroup(scores, T).view(R, T, N, M).float()
+        if regions.positions is not None:  # q'_t . P_j, the same for every frame
+            scores = scores + (q_d.float() @ regions.positions.float().t()).unsqueeze(2)
+        beta = torch.softmax(scores * self.scale, dim=-1)  # within each frame
         weights = (alpha.unsqueeze(-1) * beta).view(R, T, N * M)  # alpha_{t,i} beta_{t,i,j}
         pooled = torch.bmm(rows.group(weights.to(feats.dtype)), feats)  # [B, C*T, D]
         pooled = rows.ungroup(pooled, T)  # [R, T, D]
         if regions.projection is not None:
             pooled = regions.projection(pooled)  # W_r (sum w rho) + b_r = sum w r, as sum w = 1
+        if regions.positions is not None:  # + sum_ij w_ij P_j
+            cell_weights = weights.view(R, T, N, M).sum(dim=2)  # [R, T, M]
+            pooled = pooled + (cell_weights @ regions.positions.float()).to(pooled.dtype)
         return self.out(pooled), beta

@@ -35,6 +35,7 @@ class VideoProjection(nn.Module):
         self.frame_dim, self.clip_dim = cfg.frame_dim, cfg.clip_dim
         self.frame = nn.Linear(cfg.frame_dim, cfg.d_model)
         self.clip = nn.Linear(cfg.clip_dim, cfg.d_model, bias=False) if cfg.clip_dim > 0 else None
+        self.position = nn.Parameter(0.02 * torch.randn(cfg.num_frames, cfg.d_model)) if cfg.frame_positions else None
 
     def forward(self, videos: VideoBatch) -> Tensor:
         """-> [B, N, d]."""
@@ -42,6 +43,11 @@ class VideoProjection(nn.Module):
         f = self.frame(videos.frames)
         if self.clip is not None and videos.clips is not None:
             f = f + self.clip(videos.clips)
+        if self.position is not None:
+            n = f.shape[1]
+            if n > self.position.shape[0]:
+                raise MismatchError(f"{n} frames per video, but the model was built for {self.position.shape[0]}")
+            f = f + self.position[:n].to(f.dtype)
         return f
 
 

@@ -80,6 +80,13 @@ class ModelConfig:
     attn_lambda: float = 1e-3
     attn_mu: float = 1e-4
     lstm_layers: int = 1  # stacked LSTM layers of the baseline's encoder and decoder
+    # A learned embedding of each frame's position added to f_n. Attention over frames is otherwise
+    # blind to their order (and the mean g is by construction), so without clip features "moves left"
+    # and "moves right" could only be told apart from where the object sits in single frames.
+    frame_positions: bool = True
+    # Likewise a learned embedding of each grid cell added to the region features r_ij: without it IA's
+    # context says *what* the attended regions hold but not *where* they are, and motion is invisible.
+    region_positions: bool = True
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fcvc_pipeline.errors import ConfigError
+from fcvc_pipeline.errors import ConfigError, MismatchError
 from fcvc_pipeline.models.attention import InheritedAttention, RegionMemory, TemporalAttention
 from fcvc_pipeline.models.base import CaptionModel, VideoProjection, check_video_batch
 from fcvc_pipeline.models.causal_conv import CausalConv1d
@@ -128,6 +128,8 @@ class FcvcCaptioner(CaptionModel):
         self.plan = cfg.layer_plan()
         self.video = VideoProjection(cfg)
         self.region_proj = nn.Linear(cfg.region_dim, d) if cfg.uses_regions else None
+        self.region_pos = (nn.Parameter(0.02 * torch.randn(cfg.num_regions, d))
+                           if cfg.uses_regions and cfg.region_positions else None)
         self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
         self.positions = nn.Embedding(cfg.max_len + 1, d)
         self.input = nn.Linear(2 * d, d)  # Eq. 4: x_t = W_in [w_t ; g] + b_in
@@ -159,12 +161,18 @@ class FcvcCaptioner(CaptionModel):
             if region_mode == "auto":
                 steps = row_steps if row_steps is not None else B * (cfg.max_len + 1)
                 region_mode = choose_region_mode(B, N * M, Dr, d, steps, sum(p.inherited for p in self.plan))
+            if self.region_pos is not None and M != self.region_pos.shape[0]:
+                raise MismatchError(f"{M} regions per frame, but the model was built for {self.region_pos.shape[0]}")
             if region_mode == "project":  # the heavy op: [B, N*M, Dr] @ [Dr, d], once per video
-                regions = RegionMemory(self.region_proj(videos.regions.reshape(B, N * M, Dr)), N)
+                r = self.region_proj(videos.regions.reshape(B, N * M, Dr))  # [B, N*M, d]
+                if self.region_pos is not None:
+                    r = (r.view(B, N, M, d) + self.region_pos.to(r.dtype)).view(B, N * M, d)
+                regions = RegionMemory(r, N)
             else:
                 raw = videos.regions.reshape(B, N * M, Dr)
                 dtype = _autocast_dtype(raw.device)
-                regions = RegionMemory(raw.to(dtype) if dtype is not None else raw, N, self.region_proj)
+                regions = RegionMemory(raw.to(dtype) if dtype is not None else raw, N, self.region_proj,
+                                       self.region_pos)
         return FcvcEncoded(frames=f, global_in=global_in, frame_memory=memory, regions=regions)
 
     # .. teacher forcing ............................................................................................
