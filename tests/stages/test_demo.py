@@ -21,7 +21,7 @@ TINY = dict(frames=4, frame_size=75, epochs=2, d_model=32, device="cpu", show=2)
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    generate_sample(root / "sample", n=14, size=64, frames=12, show_progress=False)
+    generate_sample(root / "sample", n=14, size=64, frames=15, show_progress=False)
     cfg = DemoConfig(workdir=root / "work", data=root / "sample", **TINY)
     first = run_demo(cfg)
     return root, cfg, first
