@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the synthetic sample set (coloured shapes doing actions) in the MSR-VTT format.
 
-    python scripts/make_sample_data.py --out data/sample            # the committed set (150 videos)
+    python scripts/make_sample_data.py --out data/sample            # the committed set (450 videos)
     python scripts/make_sample_data.py --out /tmp/big --n 2000      # a larger set for benchmarks
 
 A thin wrapper over :func:`fcvc_pipeline.data.synthetic.generate_sample`.

@@ -14,16 +14,16 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A sample directory (videos/ + annotations.json); default: the bundled data/sample.")
 @click.option("--model", default="fcvc-cf-ia", show_default=True)
-@click.option("--epochs", type=int, default=25, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--d-model", type=int, default=256, show_default=True)
 @click.option("--frames", type=int, default=15, show_default=True)
-@click.option("--frame-size", type=int, default=299, show_default=True)
+@click.option("--frame-size", type=int, default=171, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def demo(workdir: Path, json_out: bool, verbose: bool, data: Path | None, model: str, epochs: int, d_model: int,
          frames: int, frame_size: int, device: str):
     """The whole chain on the bundled sample set: extract, vocab, train, score, caption.
 
-    Offline and CPU-friendly: random Inception-V3 with re-estimated BatchNorm, no C3D, d = 256.
+    Offline and CPU-friendly: random Inception-V3 with re-estimated BatchNorm at 171x171, no C3D, d = 256.
     A second run reuses every cached artifact.
     """
     from fcvc_pipeline.stages.demo import DemoConfig, run_demo

@@ -48,7 +48,7 @@ from fcvc_pipeline.errors import ConfigError
 
 GENERATOR = "fcvc_pipeline.data.synthetic"
 GENERATOR_VERSION = 1
-DEFAULT_N = 150
+DEFAULT_N = 450
 DEFAULT_SIZE = 128
 DEFAULT_FRAMES = 30
 DEFAULT_FPS = 12
