@@ -34,7 +34,7 @@ def test_plan_is_deterministic_and_seeded():
 def test_default_plan_splits_and_held_out_combinations():
     specs = sy.plan_sample()
     counts = Counter(s.split for s in specs)
-    assert counts == {"train": 105, "validate": 21, "test": 24}
+    assert counts == {"train": 315, "validate": 63, "test": 72}
     combo = lambda s: (s.colour, s.shape, s.action)  # noqa: E731
     train = {combo(s) for s in specs if s.split == "train"}
     val = {combo(s) for s in specs if s.split == "validate"}
@@ -42,7 +42,7 @@ def test_default_plan_splits_and_held_out_combinations():
     assert len(held) == sy.MAX_HELD_OUT
     assert all(s.split == "test" for s in specs if s.held_out)
     assert not held & train and not held & val and val <= train
-    assert sum(s.held_out for s in specs) == 12  # half of the test videos are novel combinations
+    assert sum(s.held_out for s in specs) == 36  # half of the test videos are novel combinations
     for factor, values in (("colour", sy.COLOURS), ("shape", sy.SHAPES), ("action", sy.ACTIONS)):
         per = Counter(getattr(s, factor) for s in specs if s.split == "train")
         assert set(per) == set(values) and max(per.values()) - min(per.values()) <= 2  # balanced
