@@ -110,3 +110,14 @@ def test_ablation_runner_writes_the_paper_table(tmp_path):
     for row in doc["rows"]:
         assert 0.0 <= row["Bleu_4"] <= 1.0 and row["CIDEr"] >= 0.0 and row["sec_per_10M_params"] > 0
         assert (w / "runs" / row["model"] / "best.pt").is_file()
+
+
+def test_without_validation_split_best_follows_last_epoch(tmp_path):
+    from fcvc_pipeline.artifacts import read_manifest
+
+    w = make_tiny_workdir(tmp_path)
+    table = w / "vocab" / "captions.jsonl"
+    table.write_text(table.read_text().replace('"split": "val"', '"split": "train"'))
+    res = run_train(TrainConfig(workdir=w, model="fcvc", epochs=3, patience=1, **TINY))
+    assert res.epochs == 3 and res.best_val_cider is None
+    assert read_manifest(res.run).outputs["best_epoch"] == 3

@@ -280,6 +280,9 @@ class Trainer:
         # data: everything in memory, on the GPU when it fits comfortably
         train_ids = sorted({r.video_id for r in rows if r.split == "train"} & set(usable))
         val_ids = sorted({r.video_id for r in rows if r.split == "val"} & set(usable))
+        if not val_ids and d.main:
+            progress.warn("no validation video has captions and features: best.pt will follow the last epoch, "
+                          "and early stopping is off")
         if not train_ids:
             raise MismatchError("no training video has both captions and features",
                                 hint="check the split column of the annotations and run `fcvc extract` on the training videos")
@@ -391,7 +394,7 @@ class Trainer:
                 record.update(self._validate(model, model_cfg, bank, val_set, val_refs, vocab, autocast))
                 improved = record.get("val_cider") is not None and (best["cider"] is None or record["val_cider"] > best["cider"])
                 history.append(record)
-                if improved or (best["epoch"] is None and record.get("val_cider") is None):
+                if improved or record.get("val_cider") is None:  # no validation split: the latest is best
                     best = {"cider": record.get("val_cider"), "epoch": epoch + 1}
                     save_checkpoint(self.run_dir / "best.pt", {**snapshot({}), "optimizer": {}, "history": []})
                 if epoch + 1 - best["epoch"] >= cfg.patience:
