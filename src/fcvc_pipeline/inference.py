@@ -31,7 +31,3 @@ def caption_bank(model, bank: FeatureBank, vocab: Vocabulary, *, rows: Sequence[
     finally:
         model.train(was_training)
     return out
-
-
-def hypothesis_text(hyp, vocab: Vocabulary) -> str:
-    return vocab.decode(hyp.tokens)
