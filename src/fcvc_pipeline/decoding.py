@@ -59,14 +59,8 @@ class Hypothesis:
 def generate(model, videos: VideoBatch, *, beam_size: int = 1, max_len: int = 20, length_penalty: float = 1.0,
              region_mode: str = DECODE_REGION_MODE) -> list[Hypothesis]:
     """One hypothesis per video, batched over the videos, through the incremental step API."""
-    _check_options(model, beam_size, max_len)
-    B, K = videos.num_videos, beam_size
-    if B == 0:
-        return []
-    with _eval_mode(model), torch.inference_mode():
-        video_index = torch.arange(B, device=videos.frames.device).repeat_interleave(K)
-        scorer = _Incremental(model, videos, video_index, row_steps=B * K * (max_len + 1), region_mode=region_mode)
-        return _beam_search(scorer, model.config, B, K, max_len, length_penalty, videos.frames.device)
+    return _search(model, videos, beam_size, max_len, length_penalty,
+                   lambda index, steps: _Incremental(model, videos, index, row_steps=steps, region_mode=region_mode))
 
 
 def generate_full_recompute(model, videos: VideoBatch, *, beam_size: int = 1, max_len: int = 20,
@@ -76,14 +70,20 @@ def generate_full_recompute(model, videos: VideoBatch, *, beam_size: int = 1, ma
     ``reuse_encoding`` encodes the videos once and re-runs only the decoder (isolates what the per-layer
     windows save from what encoding once saves).
     """
+    return _search(model, videos, beam_size, max_len, length_penalty,
+                   lambda index, steps: _Recompute(model, videos, index, reuse_encoding=reuse_encoding, row_steps=steps))
+
+
+def _search(model, videos: VideoBatch, beam_size: int, max_len: int, length_penalty: float,
+            make_scorer) -> list[Hypothesis]:
+    """Beam search over B videos x K beams with the scorer ``make_scorer(video_index, row_steps)``."""
     _check_options(model, beam_size, max_len)
     B, K = videos.num_videos, beam_size
     if B == 0:
         return []
     with _eval_mode(model), torch.inference_mode():
         video_index = torch.arange(B, device=videos.frames.device).repeat_interleave(K)
-        scorer = _Recompute(model, videos, video_index, reuse_encoding=reuse_encoding,
-                            row_steps=B * K * (max_len + 1))
+        scorer = make_scorer(video_index, B * K * (max_len + 1))
         return _beam_search(scorer, model.config, B, K, max_len, length_penalty, videos.frames.device)
 
 
