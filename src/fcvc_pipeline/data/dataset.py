@@ -95,24 +95,38 @@ class Batch:
     targets: torch.Tensor  # [R, T] w_1 .. w_n <eos> <pad>...
 
 
-def make_batches(captions: CaptionSet, batch_size: int, *, generator: torch.Generator | None,
-                 vocab: Vocabulary) -> list[Batch]:
-    """Group captions by video, shuffle the videos (when ``generator`` is given), pack whole videos."""
+def _pack(captions: CaptionSet, batch_size: int, generator: torch.Generator | None):
+    """(caption ids per video row, the videos of each batch): videos shuffled when ``generator`` is given,
+    then packed whole, in order, until the next one would exceed ``batch_size`` captions."""
     by_video: dict[int, list[int]] = {}
     for i, row in enumerate(captions.video_rows.tolist()):
         by_video.setdefault(row, []).append(i)
     videos = sorted(by_video)
     if generator is not None:
         videos = [videos[i] for i in torch.randperm(len(videos), generator=generator).tolist()]
-    batches, current = [], []
+    groups, current, size = [], [], 0
     for v in videos:
-        if current and sum(len(by_video[u]) for u in current) + len(by_video[v]) > batch_size:
-            batches.append(_collate(current, by_video, captions, vocab))
-            current = []
+        if current and size + len(by_video[v]) > batch_size:
+            groups.append(current)
+            current, size = [], 0
         current.append(v)
+        size += len(by_video[v])
     if current:
-        batches.append(_collate(current, by_video, captions, vocab))
-    return batches
+        groups.append(current)
+    return by_video, groups
+
+
+def count_batches(captions: CaptionSet, batch_size: int) -> int:
+    """Batches of the unshuffled packing, without collating them (a shuffled epoch may pack into a batch
+    more or fewer; the trainer uses this count only to plan its learning-rate schedule)."""
+    return len(_pack(captions, batch_size, None)[1])
+
+
+def make_batches(captions: CaptionSet, batch_size: int, *, generator: torch.Generator | None,
+                 vocab: Vocabulary) -> list[Batch]:
+    """Group captions by video, shuffle the videos (when ``generator`` is given), pack whole videos."""
+    by_video, groups = _pack(captions, batch_size, generator)
+    return [_collate(g, by_video, captions, vocab) for g in groups]
 
 
 def _collate(videos: list[int], by_video: dict[int, list[int]], captions: CaptionSet, vocab: Vocabulary) -> Batch:

@@ -31,8 +31,8 @@ from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import Manifest, atomic_write_json, atomic_write_text, check_manifest, read_manifest, write_manifest
 from fcvc_pipeline.checkpoint import load_checkpoint, save_checkpoint
 from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
-from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, load_feature_bank, make_batches,
-                                        resolve_training_videos)
+from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, count_batches, load_feature_bank,
+                                        make_batches, resolve_training_videos)
 from fcvc_pipeline.data.feature_store import FeatureStore
 from fcvc_pipeline.data.vocabulary import load_captions, load_vocabulary, references_by_video
 from fcvc_pipeline.errors import MismatchError, require
@@ -298,7 +298,7 @@ class Trainer:
         model = build_model(model_cfg).to(self.device)
         parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        batches_per_epoch = len(make_batches(train_set, cfg.batch_size, generator=None, vocab=vocab)) // d.world
+        batches_per_epoch = count_batches(train_set, cfg.batch_size) // d.world
         total_steps = cfg.max_steps or cfg.epochs * max(1, batches_per_epoch)
 
         pos = {"epoch": 0, "batch": 0, "step": 0, "sums": _zero_sums()}
