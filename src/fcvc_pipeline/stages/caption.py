@@ -55,8 +55,6 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
 
     ``max_len`` defaults to the longest caption the model was built for.
     """
-    import torch
-
     from fcvc_pipeline.checkpoint import load_model_from_checkpoint
     from fcvc_pipeline.data.dataset import load_feature_bank
     from fcvc_pipeline.inference import caption_bank
@@ -87,10 +85,8 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
         raise MismatchError(f"{ckpt_path} was trained on features extracted with other settings than {paths['features']}")
     bank = load_feature_bank(store, video_ids, regions=model.config.uses_regions)
     progress.log(f"captioning {len(video_ids)} '{split}' videos with {run_dir.name} (beam {beam_size})")
-    with torch.inference_mode():
-        hyps = caption_bank(model, bank, vocab, beam_size=beam_size, max_len=max_len or model.config.max_len,
-                            length_penalty=length_penalty,
-                            device=dev)
+    hyps = caption_bank(model, bank, vocab, beam_size=beam_size, max_len=max_len or model.config.max_len,
+                        length_penalty=length_penalty, device=dev)
     items = [{"video": v, "caption": vocab.decode(hyps[v].tokens), "score": float(hyps[v].score)} for v in video_ids]
     atomic_write_json(out, items)
     atomic_write_json(key_file, {"key": fingerprint(key), "detail": key})
@@ -158,8 +154,6 @@ def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path)
 
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
-    import torch
-
     from fcvc_pipeline.checkpoint import load_model_from_checkpoint
     from fcvc_pipeline.data.dataset import load_feature_bank
     from fcvc_pipeline.data.video import list_videos
@@ -186,10 +180,8 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
     figures: dict[str, str] = {}
     if done:
         bank = load_feature_bank(store, [s.video_id for s in done], regions=model.config.uses_regions)
-        with torch.inference_mode():
-            hyps = caption_bank(model, bank, vocab, beam_size=cfg.beam_size,
-                                max_len=cfg.max_len or model.config.max_len, length_penalty=cfg.length_penalty,
-                                device=dev)
+        hyps = caption_bank(model, bank, vocab, beam_size=cfg.beam_size, max_len=cfg.max_len or model.config.max_len,
+                            length_penalty=cfg.length_penalty, device=dev)
         for s in done:
             h = hyps[s.video_id]
             items.append({"video": s.video_id, "path": str(s.path), "caption": vocab.decode(h.tokens),

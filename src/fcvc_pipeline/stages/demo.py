@@ -81,7 +81,8 @@ def _constant_caption(workdir: Path) -> dict[str, Any]:
     from fcvc_pipeline.stages.baselines import best_constant_caption
 
     vocab_dir = workdir_paths(workdir)["vocab"]
-    key = fingerprint({"vocab": read_manifest(vocab_dir).fingerprint() if read_manifest(vocab_dir) else None})
+    manifest = read_manifest(vocab_dir)
+    key = fingerprint({"vocab": manifest.fingerprint() if manifest else None})
     cache = Path(workdir) / "demo" / "constant-caption.json"
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
