@@ -137,10 +137,11 @@ class FeatureStore:
                     raise MismatchError(f"{path} was extracted with other settings ({diffs})",
                                         hint="use another --workdir, or --force to rebuild the store")
                 return store
-            root = zarr.open_group(str(path), mode="a", zarr_format=3)
+            # one metadata write: a reader (which takes no lock) never sees a root without its attributes
+            root = zarr.create_group(str(path), zarr_format=3, attributes={
+                "format_version": FORMAT_VERSION, "settings": settings,
+                "settings_fingerprint": fingerprint(settings), "created": time.time()})
             root.require_group("videos")
-            root.attrs.update({"format_version": FORMAT_VERSION, "settings": settings,
-                               "settings_fingerprint": fingerprint(settings), "created": time.time()})
             return cls(path, root)
 
     # -- metadata ------------------------------------------------------------------------------
