@@ -71,3 +71,17 @@ def test_bf16_logits_are_scored_in_float32():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(MismatchError, match="targets"):
         caption_loss(ModelOutput(torch.zeros(2, 3, 4)), torch.zeros(2, 4, dtype=torch.long), _cfg())
+
+
+def test_label_smoothing_matches_torch_and_keeps_plain_nll():
+    """total = torch's smoothed cross-entropy over non-pad tokens; nll is unchanged by smoothing."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[3, 5, 2, 0], [4, 2, 0, 0]])
+    plain = caption_loss(ModelOutput(logits), targets, _cfg())
+    smooth = caption_loss(ModelOutput(logits), targets, _cfg(), label_smoothing=0.2)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0,
+                                                 label_smoothing=0.2)
+    assert smooth.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert smooth.nll.item() == pytest.approx(plain.nll.item(), rel=1e-6)
+    assert smooth.total.item() != pytest.approx(plain.total.item(), rel=1e-3)

@@ -41,16 +41,28 @@ class LossTerms:
                 "region_penalty": float(self.region_penalty), "tokens": self.tokens}
 
 
-def caption_loss(output: ModelOutput, targets: Tensor, config: ModelConfig) -> LossTerms:
-    """targets [R, T]: the next token at every input position (ends with <eos>, padded with pad_id)."""
+def caption_loss(output: ModelOutput, targets: Tensor, config: ModelConfig, *, label_smoothing: float = 0.0) -> LossTerms:
+    """targets [R, T]: the next token at every input position (ends with <eos>, padded with pad_id).
+
+    ``label_smoothing`` eps > 0 trains against (1 - eps) * one-hot + eps * uniform: ``total`` then uses
+    (1 - eps) * nll + eps * (mean over the vocabulary of -log p), while ``nll`` stays the plain negative
+    log-likelihood (what is logged and compared across runs).
+    """
     logits = output.logits
     if targets.shape != logits.shape[:2]:
         raise MismatchError(f"targets have shape {tuple(targets.shape)} but the logits cover {tuple(logits.shape[:2])}")
     mask = targets != config.pad_id  # [R, T]
     tokens = int(mask.sum())
-    nll_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=config.pad_id,
-                              reduction="sum")
-    nll = nll_sum / max(tokens, 1)
+    if label_smoothing > 0:  # one log-softmax for both terms
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        picked = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        nll = -(picked * mask).sum() / max(tokens, 1)
+        uniform = -(log_probs.mean(dim=-1) * mask).sum() / max(tokens, 1)
+        objective = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+    else:
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=config.pad_id,
+                              reduction="sum") / max(tokens, 1)
+        objective = nll
     step_mask = mask.float()
     zero = logits.new_zeros((), dtype=torch.float32)
     frame_penalty = zero
@@ -61,5 +73,5 @@ def caption_loss(output: ModelOutput, targets: Tensor, config: ModelConfig) -> L
     if output.region_attn is not None:
         totals = (output.region_attn.float() * step_mask[:, :, None, None]).sum(dim=1)  # [R, N, M]
         region_penalty = ((1.0 - totals) ** 2).sum(dim=(1, 2)).mean()
-    total = nll + config.attn_lambda * frame_penalty + config.attn_mu * region_penalty
+    total = objective + config.attn_lambda * frame_penalty + config.attn_mu * region_penalty
     return LossTerms(total=total, nll=nll, frame_penalty=frame_penalty, region_penalty=region_penalty, tokens=tokens)

@@ -39,6 +39,16 @@ def test_short_run_lowers_loss_and_writes_checkpoints(tmp_path):
 
     rebuilt = build_model(ModelConfig.from_json(ckpt["model_config"]))
     assert res.parameters == sum(p.numel() for p in rebuilt.parameters()) > 0
+    # the decoding chosen on validation: the beam size with the best validation CIDEr, ties to the smaller
+    decoding = ckpt["decoding"]
+    ciders = decoding["val_cider_by_beam"]
+    assert set(ciders) == {"1", "3", "5"} and decoding["chosen_on"] == "val"
+    assert decoding["beam_size"] == min(int(b) for b in ciders if ciders[b] == max(ciders.values()))
+    # which the split captioner uses unless told otherwise
+    from fcvc_pipeline.stages.caption import caption_split
+
+    assert caption_split(w, None, "val", device="cpu").name == f"val-beam{decoding['beam_size']}.json"
+    assert caption_split(w, None, "val", beam_size=2, device="cpu").name == "val-beam2.json"
     # a rerun with the same settings and inputs does nothing
     again = run_train(TrainConfig(workdir=w, model="fcvc-final", epochs=6, **TINY))
     assert again.up_to_date and again.best_checkpoint == res.best_checkpoint
@@ -49,7 +59,8 @@ def test_short_run_lowers_loss_and_writes_checkpoints(tmp_path):
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     base = ["--workdir", str(tmp_path), "--model", "fcvc-all", "--epochs", "3", "--checkpoint-every", "2",
-            "--d-model", "32", "--layers", "2", "--batch-size", "6", "--device", "cpu", "--lr", "0.003"]
+            "--d-model", "32", "--layers", "2", "--batch-size", "6", "--device", "cpu", "--lr", "0.003",
+            "--ema", "0.9", "--label-smoothing", "0.1"]
     make_tiny_workdir(tmp_path)
     cmd = [sys.executable, "-m", "fcvc_pipeline", "train"]
     env = {**os.environ, "FCVC_FAULT_KILL_AT_STEP": "5"}
@@ -65,9 +76,40 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert whole.returncode == 0, whole.stderr
     read = lambda r: [json.loads(x) for x in (tmp_path / "runs" / r / "metrics.jsonl").read_text().splitlines()]  # noqa
     assert _comparable(read("a")) == _comparable(read("b"))
-    a = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("state_dict", "ema_state_dict"):  # the weights and their moving average
+        a = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")[key]
+        b = load_checkpoint(tmp_path / "runs" / "b" / "last.pt")[key]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_average_follows_the_ramped_decay():
+    from fcvc_pipeline.stages.train import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model, step=0)  # decay min(0.5, 1/10) = 0.1: 0.1 * 1 + 0.9 * 3
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 2.8))
+    ema.update(model, step=100)  # decay 0.5: 0.5 * 2.8 + 0.5 * 3
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 2.9))
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_run_keeps_the_average_as_best(tmp_path):
+    """With --ema, best.pt holds the averaged weights; last.pt keeps both (no validation split here, so
+    the best epoch is the last one and best.pt must equal last.pt's average)."""
+    w = make_tiny_workdir(tmp_path)
+    table = w / "vocab" / "captions.jsonl"
+    table.write_text(table.read_text().replace('"split": "val"', '"split": "train"'))
+    res = run_train(TrainConfig(workdir=w, model="fcvc-ta", epochs=3, ema_decay=0.9, **TINY))
+    best, last = load_checkpoint(res.run / "best.pt"), load_checkpoint(res.run / "last.pt")
+    assert last["ema_state_dict"] is not None and best["ema_state_dict"] is None
+    same = lambda x, y: all(torch.equal(x[k], y[k]) for k in x)  # noqa: E731
+    assert same(best["state_dict"], last["ema_state_dict"])
+    assert not same(best["state_dict"], last["state_dict"])
 
 
 def test_mismatched_store_and_vocabulary_refused(tmp_path):

@@ -14,14 +14,15 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--run", "run_name", default=None, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, help="A checkpoint file instead of a run.")
-@click.option("--beam-size", type=int, default=5, show_default=True)
+@click.option("--beam-size", type=int, default=None,
+              help="Beam size (default: the one `fcvc train` chose on validation for this run).")
 @click.option("--max-len", type=int, default=None, help="Longest caption in words (default: the model's).")
 @click.option("--attention", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write one attention figure (PNG) per video into this directory.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=int, default=None, help="Decode processes.")
 def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ...], run_name: str | None,
-            checkpoint: Path | None, beam_size: int, max_len: int | None, attention: Path | None, device: str,
+            checkpoint: Path | None, beam_size: int | None, max_len: int | None, attention: Path | None, device: str,
             workers: int | None):
     """Caption video files or directories end to end: prints video<TAB>caption per video.
 

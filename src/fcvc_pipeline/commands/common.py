@@ -69,3 +69,11 @@ def stage_command(fn: Callable) -> Callable:
         run_and_exit(lambda: fn(*args, **kwargs), json_out=json_out, verbose=verbose)
 
     return wrapper
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """'1,3,5' -> (1, 3, 5); '' -> (); anything else is a usage error naming the option."""
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None

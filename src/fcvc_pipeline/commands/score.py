@@ -19,11 +19,12 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 @click.option("--captions", "captions_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score this file instead of captioning the split: the `fcvc caption --json` list, "
                    "a {video: caption} object, or JSON Lines of {video, caption}.")
-@click.option("--beam-size", type=int, default=5, show_default=True, help="Beam size when captioning the split.")
+@click.option("--beam-size", type=int, default=None,
+              help="Beam size when captioning the split (default: the one `fcvc train` chose on validation).")
 @click.option("--max-len", type=int, default=None, help="Longest caption when captioning the split (default: the model's).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N (captioning only).")
 def score(workdir: Path, json_out: bool, verbose: bool, run_name: str | None, split: str,
-          captions_file: Path | None, beam_size: int, max_len: int | None, device: str):
+          captions_file: Path | None, beam_size: int | None, max_len: int | None, device: str):
     """Score captions of a split against its raw references with pycocoevalcap.
 
     Prints the paper-style table (x100) on stderr; --json prints the raw values (Bleu_1..Bleu_4,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import common_options, parse_int_list, run_and_exit
 
 
 @click.command()
@@ -24,13 +24,21 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 @click.option("--d-model", type=int, default=None, help="Width of the model (default 512).")
 @click.option("--layers", type=int, default=None, help="Convolutional layers (default 4).")
 @click.option("--dropout", type=float, default=None)
+@click.option("--ema", "ema_decay", type=float, default=0.0, show_default=True,
+              help="Validate, keep and caption with an exponential moving average of the weights (decay per step; 0: off).")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+              help="Train against (1 - eps) one-hot + eps uniform (the logged nll stays plain).")
+@click.option("--select-beams", default="1,3,5", show_default=True,
+              help="Beam sizes tried on the validation split after training; the best becomes the run's decoding "
+                   "('' to skip: beam 5).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--run", "run_name", default=None, help="Run name under <workdir>/runs (default: the model name).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run exactly where it stopped.")
 @click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
 def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int, max_steps: int | None,
           batch_size: int, lr: float, seed: int, patience: int, checkpoint_every: int, d_model: int | None,
-          layers: int | None, dropout: float | None, device: str, run_name: str | None, resume: bool, force: bool):
+          layers: int | None, dropout: float | None, ema_decay: float, label_smoothing: float, select_beams: str,
+          device: str, run_name: str | None, resume: bool, force: bool):
     """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
 
     \b
@@ -43,7 +51,9 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
 
     cfg = TrainConfig(workdir=workdir, model=model, run=run_name, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
-                      d_model=d_model, layers=layers, dropout=dropout, device=device, resume=resume, force=force)
+                      d_model=d_model, layers=layers, dropout=dropout, ema_decay=ema_decay,
+                      label_smoothing=label_smoothing, select_beams=parse_int_list(select_beams, "--select-beams"),
+                      device=device, resume=resume, force=force)
     # under torchrun only rank 0 prints the JSON document
     main_rank = int(os.environ.get("RANK", "0")) == 0
     run_and_exit(lambda: run_train(cfg), json_out=json_out and main_rank, verbose=verbose)

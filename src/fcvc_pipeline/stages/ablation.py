@@ -1,7 +1,7 @@
 """``fcvc train --model all``: the paper's Table 3/4 measured on your data.
 
 Trains every model (the five FCVC variants and the LSTM baseline) with the same data, seed and budget,
-scores each on the test split (beam search, pycocoevalcap), and writes the table in the paper's shape —
+scores each on the test split (beam search with the beam size each run chose on validation, pycocoevalcap), and writes the table in the paper's shape —
 BLEU-1..4, METEOR, ROUGE-L, CIDEr, #unk and training seconds per 10M parameters — as
 ``<workdir>/runs/ablation.md`` and ``ablation.json``.
 """
@@ -33,7 +33,8 @@ class AblationResult:
 
 def run_ablation(cfg) -> AblationResult:
     from fcvc_pipeline.metrics import format_score_table, score_captions, read_captions_file
-    from fcvc_pipeline.stages.caption import caption_split
+    from fcvc_pipeline.checkpoint import load_checkpoint
+    from fcvc_pipeline.stages.caption import caption_split, run_beam_size
     from fcvc_pipeline.stages.train import Trainer
 
     paths = workdir_paths(cfg.workdir)
@@ -43,15 +44,15 @@ def run_ablation(cfg) -> AblationResult:
     for name in ABLATION_ORDER:
         progress.log(f"== {name} ==")
         result = Trainer(dataclasses.replace(cfg, model=name, run=f"{prefix}{name}")).run()
-        captions_file = caption_split(cfg.workdir, f"{prefix}{name}", "test", beam_size=cfg.score_beam_size,
-                                      device=cfg.device)
+        beam = run_beam_size(load_checkpoint(result.run / "best.pt"), cfg.score_beam_size)
+        captions_file = caption_split(cfg.workdir, f"{prefix}{name}", "test", beam_size=beam, device=cfg.device)
         captions = read_captions_file(captions_file)
         scores = score_captions(captions, {v: refs[v] for v in captions})
         sec_per_10m = result.seconds_per_epoch / (result.parameters / 1e7) if result.seconds_per_epoch else None
         row = {"model": name, "run": str(result.run), **{k: v for k, v in scores.items() if k != "warnings"},
                "parameters": result.parameters, "epochs": result.epochs,
                "seconds_per_epoch": result.seconds_per_epoch, "sec_per_10M_params": sec_per_10m,
-               "best_val_cider": result.best_val_cider}
+               "best_val_cider": result.best_val_cider, "beam_size": beam}
         rows.append(row)
         table_rows.append((name, {**scores, "sec_per_10M_params": sec_per_10m}))
     table = format_score_table(table_rows, markdown=True)

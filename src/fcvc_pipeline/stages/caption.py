@@ -18,6 +18,7 @@ from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, fingerprint
 from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
 from fcvc_pipeline.data.feature_store import FeatureStore
 from fcvc_pipeline.data.vocabulary import Vocabulary, load_captions, load_vocabulary
+from fcvc_pipeline.decoding import DEFAULT_BEAM_SIZE
 from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError, require
 
 DEFAULT_RUN = "fcvc-cf-ia"
@@ -49,12 +50,24 @@ def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: P
                             hint="rerun `fcvc vocab` with the original annotations, or retrain")
 
 
-def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int = 5, max_len: int | None = None,
-                  length_penalty: float = 1.0, device: str = "auto") -> Path:
+def run_beam_size(ckpt: dict[str, Any], beam_size: int | None = None) -> int:
+    """``beam_size`` when given, else the beam size chosen on validation when the run was trained (stored in
+    best.pt by `fcvc train`), else DEFAULT_BEAM_SIZE (checkpoints written before that choice existed)."""
+    if beam_size is not None:
+        return int(beam_size)
+    decoding = ckpt.get("decoding") or {}
+    return int(decoding.get("beam_size", DEFAULT_BEAM_SIZE))
+
+
+def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int | None = None,
+                  max_len: int | None = None, length_penalty: float = 1.0, device: str = "auto") -> Path:
     """Caption every video of ``split`` that has features; returns the cached captions file (JSON list).
 
-    ``max_len`` defaults to the longest caption the model was built for.
+    ``beam_size`` defaults to the run's own choice (:func:`run_beam_size`), ``max_len`` to the longest
+    caption the model was built for.
     """
+    from fcvc_pipeline.checkpoint import load_checkpoint
+
     from fcvc_pipeline.checkpoint import load_model_from_checkpoint
     from fcvc_pipeline.data.dataset import load_feature_bank
     from fcvc_pipeline.inference import caption_bank
@@ -71,6 +84,8 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     video_ids = sorted({r.video_id for r in rows} & have)
     if not video_ids:
         raise MismatchError(f"no '{split}' video has features in {paths['features']}", hint="run `fcvc extract` on them")
+    if beam_size is None:
+        beam_size = run_beam_size(load_checkpoint(ckpt_path))
     key = {"checkpoint": file_sha256(ckpt_path), "features": store.content_fingerprint(), "vocab": vocab.fingerprint(),
            "videos": video_ids, "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty}
     out = run_dir / "captions" / f"{split}-beam{beam_size}.json"
@@ -100,7 +115,7 @@ class CaptionConfig:
     workdir: Path = DEFAULT_WORKDIR
     run: str | None = None
     checkpoint: Path | None = None  # overrides run
-    beam_size: int = 5
+    beam_size: int | None = None  # None: the run's validation-chosen beam (see run_beam_size)
     max_len: int | None = None  # default: the model's longest caption
     length_penalty: float = 1.0
     attention: Path | None = None  # directory for one attention figure per video
@@ -111,7 +126,7 @@ class CaptionConfig:
         problems = []
         if not self.inputs:
             problems.append("give at least one video file or directory")
-        if self.beam_size < 1:
+        if self.beam_size is not None and self.beam_size < 1:
             problems.append("--beam-size must be at least 1")
         if self.max_len is not None and self.max_len < 1:
             problems.append("--max-len must be at least 1")
@@ -180,7 +195,7 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
     figures: dict[str, str] = {}
     if done:
         bank = load_feature_bank(store, [s.video_id for s in done], regions=model.config.uses_regions)
-        hyps = caption_bank(model, bank, vocab, beam_size=cfg.beam_size, max_len=cfg.max_len or model.config.max_len,
+        hyps = caption_bank(model, bank, vocab, beam_size=run_beam_size(ckpt, cfg.beam_size), max_len=cfg.max_len or model.config.max_len,
                             length_penalty=cfg.length_penalty, device=dev)
         for s in done:
             h = hyps[s.video_id]

@@ -30,7 +30,7 @@ class ScoreConfig:
     run: str | None = None  # run under <workdir>/runs whose best checkpoint captions the split
     split: str = "test"
     captions: Path | None = None  # score this file instead of captioning the split
-    beam_size: int = 5
+    beam_size: int | None = None  # None: the run's validation-chosen beam (stages.caption.run_beam_size)
     max_len: int | None = None  # default: the model's longest caption
     device: str = "auto"
     use_java: bool | None = None  # None: use Java when available (see metrics.score_captions)
@@ -43,7 +43,7 @@ class ScoreConfig:
             out.append("--captions and --run exclude each other: --captions scores the given file as it is")
         if self.captions is not None and not Path(self.captions).is_file():
             out.append(f"--captions {self.captions}: no such file")
-        if self.beam_size < 1:
+        if self.beam_size is not None and self.beam_size < 1:
             out.append(f"--beam-size must be at least 1 (got {self.beam_size})")
         if self.max_len is not None and self.max_len < 1:
             out.append(f"--max-len must be at least 1 (got {self.max_len})")

@@ -35,10 +35,11 @@ from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, count_ba
                                         make_batches, resolve_training_videos)
 from fcvc_pipeline.data.feature_store import FeatureStore
 from fcvc_pipeline.data.vocabulary import load_captions, load_vocabulary, references_by_video
+from fcvc_pipeline.decoding import DEFAULT_BEAM_SIZE
 from fcvc_pipeline.errors import MismatchError, require
 from fcvc_pipeline.naming import safe_name
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: best.pt carries the validation-chosen decoding
 ALL_MODELS = "all"
 
 
@@ -58,6 +59,14 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation CIDEr before stopping
     checkpoint_every: int = 0  # also write last.pt every N steps (0: at the end of each epoch only)
     val_beam_size: int = 1
+    # Polyak averaging: validation, best.pt and so every caption use an exponential moving average of the
+    # weights (decay per optimizer step; 0 = off). label_smoothing: see losses.caption_loss.
+    ema_decay: float = 0.0
+    label_smoothing: float = 0.0
+    # After training, best.pt captions the validation split with each of these beam sizes and keeps the one
+    # with the highest CIDEr as the run's decoding (what `fcvc score`/`fcvc caption` use unless told
+    # otherwise). Empty: no choice, beam DEFAULT_BEAM_SIZE.
+    select_beams: tuple[int, ...] = (1, 3, 5)
     # model overrides (None: the model family's defaults)
     d_model: int | None = None
     layers: int | None = None
@@ -71,7 +80,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     # ablation runner (model == "all"): how to score each model on the test split
-    score_beam_size: int = 5
+    score_beam_size: int | None = None  # None: each run's validation-chosen beam
 
     @property
     def run_name(self) -> str:
@@ -86,13 +95,21 @@ class TrainConfig:
         if self.model != ALL_MODELS and self.model not in MODEL_NAMES and self.model not in MODEL_ALIASES:
             problems.append(f"--model must be one of {', '.join(MODEL_NAMES + tuple(MODEL_ALIASES))} or all "
                             f"(got {self.model!r})")
-        for name in ("epochs", "batch_size", "val_beam_size", "score_beam_size"):
+        for name in ("epochs", "batch_size", "val_beam_size"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.score_beam_size is not None and self.score_beam_size < 1:
+            problems.append("--score-beam-size must be at least 1")
+        if any(not isinstance(b, int) or b < 1 for b in self.select_beams):
+            problems.append(f"--select-beams must list beam sizes >= 1 (got {list(self.select_beams)})")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("--max-steps must be at least 1")
         if not self.lr > 0:
             problems.append("--lr must be positive")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"--ema must be in [0, 1) (0 = off; got {self.ema_decay})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.patience < 1:
             problems.append("--patience must be at least 1")
         if self.run is not None and safe_name(self.run) != self.run:
@@ -298,6 +315,7 @@ class Trainer:
         model = build_model(model_cfg).to(self.device)
         parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         batches_per_epoch = count_batches(train_set, cfg.batch_size) // d.world
         total_steps = cfg.max_steps or cfg.epochs * max(1, batches_per_epoch)
 
@@ -311,6 +329,8 @@ class Trainer:
                                     hint="resume with the original options, or --force to start over")
             model.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if ema is not None:
+                ema.model.load_state_dict(ckpt["ema_state_dict"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -337,14 +357,17 @@ class Trainer:
             return {"model_config": model_cfg.to_json(), "vocab": vocab.to_json(), "vocab_fingerprint": vocab.fingerprint(),
                     "store_settings_fingerprint": store.settings_fingerprint, "store_path": str(self.paths["features"]),
                     "manifest_key": manifest_key, "state_dict": model.state_dict(),
+                    "ema_state_dict": ema.model.state_dict() if ema is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "rng": {"torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                     "position": extra_pos, "history": history, "best": best,
                     "train_seconds": sum(h["seconds"] for h in history)}
 
-        stop = False
         epoch = pos["epoch"]
+        # a run resumed after it had already stopped (early stop or --max-steps) goes straight to the end
+        stop = (best["epoch"] is not None and pos["batch"] == 0 and epoch - best["epoch"] >= cfg.patience) or \
+            (cfg.max_steps is not None and pos["step"] >= cfg.max_steps)
         while epoch < cfg.epochs and not stop:
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             batches = make_batches(train_set, cfg.batch_size, generator=gen, vocab=vocab)
@@ -364,12 +387,14 @@ class Trainer:
                 videos = bank.batch(b.video_rows).to(self.device)
                 with autocast:
                     out = net(videos, b.inputs.to(self.device), b.video_index.to(self.device))
-                terms = caption_loss(out, b.targets.to(self.device), model_cfg)
+                terms = caption_loss(out, b.targets.to(self.device), model_cfg, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if ema is not None:
+                    ema.update(model, pos["step"])
                 pos["step"] += 1
                 _accumulate(sums, terms)
                 if bar is not None:
@@ -391,12 +416,14 @@ class Trainer:
             record = {"epoch": epoch + 1, "step": pos["step"], "lr": optimizer.param_groups[0]["lr"],
                       **_means(sums), "seconds": seconds, "sec_per_10M_params": seconds / (parameters / 1e7)}
             if d.main:
-                record.update(self._validate(model, model_cfg, bank, val_set, val_refs, vocab, autocast))
+                evaluated = ema.model if ema is not None else model
+                record.update(self._validate(evaluated, model_cfg, bank, val_set, val_refs, vocab, autocast))
                 improved = record.get("val_cider") is not None and (best["cider"] is None or record["val_cider"] > best["cider"])
                 history.append(record)
                 if improved or record.get("val_cider") is None:  # no validation split: the latest is best
                     best = {"cider": record.get("val_cider"), "epoch": epoch + 1}
-                    save_checkpoint(self.run_dir / "best.pt", {**snapshot({}), "optimizer": {}, "history": []})
+                    save_checkpoint(self.run_dir / "best.pt", {**snapshot({}), "state_dict": evaluated.state_dict(),
+                                                               "ema_state_dict": None, "optimizer": {}, "history": []})
                 if epoch + 1 - best["epoch"] >= cfg.patience:
                     progress.log(f"no better validation CIDEr for {cfg.patience} epochs: stopping")
                     stop = True
@@ -408,24 +435,56 @@ class Trainer:
             pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": _zero_sums()}
             epoch += 1
 
+        decoding = None
+        if d.main:
+            decoding = self._choose_decoding(model_cfg, bank, val_refs, vocab)
         seconds_per_epoch = sum(h["seconds"] for h in history) / len(history) if history else None
         result = TrainResult(run=self.run_dir, best_checkpoint=self.run_dir / "best.pt", best_val_cider=best["cider"],
                              epochs=len(history), seconds_per_epoch=seconds_per_epoch, parameters=parameters,
                              history=history)
         if d.main:
             manifest.outputs = {"best_checkpoint": str(result.best_checkpoint), "best_val_cider": best["cider"],
-                                "best_epoch": best["epoch"], "epochs": len(history),
+                                "best_epoch": best["epoch"], "epochs": len(history), "decoding": decoding,
                                 "seconds_per_epoch": seconds_per_epoch, "parameters": parameters,
                                 "sec_per_10M_params": seconds_per_epoch / (parameters / 1e7) if seconds_per_epoch else None,
                                 "history": history}
             write_manifest(self.run_dir, manifest)
             progress.log(f"train [{cfg.run_name}]: done, best validation CIDEr "
-                         f"{_fmt(best['cider'])} at epoch {best['epoch']}; checkpoints in {self.run_dir}")
+                         f"{_fmt(best['cider'])} at epoch {best['epoch']}, decoding with beam "
+                         f"{decoding['beam_size']}; checkpoints in {self.run_dir}")
         if d.enabled:
             import torch.distributed as dist
 
             dist.barrier()
         return result
+
+    @torch.no_grad()
+    def _choose_decoding(self, model_cfg, bank: FeatureBank, val_refs, vocab) -> dict[str, Any]:
+        """Caption the validation split with best.pt at each of ``select_beams``; keep the beam size with
+        the highest CIDEr (the smaller on a tie) and write it into best.pt as its ``decoding``."""
+        from fcvc_pipeline.checkpoint import load_model_from_checkpoint
+        from fcvc_pipeline.inference import caption_bank
+        from fcvc_pipeline.metrics import score_captions
+
+        best_path = self.run_dir / "best.pt"
+        if not self.cfg.select_beams or not val_refs:
+            decoding = {"beam_size": DEFAULT_BEAM_SIZE, "length_penalty": 1.0, "chosen_on": None}
+        else:
+            model, _ = load_model_from_checkpoint(best_path, self.device)
+            index = bank.index()
+            ciders: dict[str, float] = {}
+            for beam in sorted(set(self.cfg.select_beams)):
+                hyps = caption_bank(model, bank, vocab, rows=[index[v] for v in sorted(val_refs)], beam_size=beam,
+                                    max_len=vocab.max_len, device=self.device)
+                captions = {v: vocab.decode(h.tokens) for v, h in hyps.items()}
+                ciders[str(beam)] = score_captions(captions, val_refs, metrics=("cider",))["CIDEr"]
+            chosen = max(ciders, key=lambda b: (ciders[b], -int(b)))
+            decoding = {"beam_size": int(chosen), "length_penalty": 1.0, "chosen_on": "val",
+                        "val_cider_by_beam": ciders}
+            progress.log("validation CIDEr by beam size: " + ", ".join(f"{b}: {c:.3f}" for b, c in ciders.items())
+                         + f" -> beam {chosen}")
+        save_checkpoint(best_path, {**load_checkpoint(best_path), "decoding": decoding})
+        return decoding
 
     @torch.no_grad()
     def _validate(self, model, model_cfg, bank: FeatureBank, val_set, val_refs, vocab, autocast) -> dict[str, Any]:
@@ -450,6 +509,31 @@ class Trainer:
         means = _means(sums)
         return {"val_loss": means["train_loss"], "val_nll": means["train_nll"], "val_cider": scores["CIDEr"],
                 "val_bleu4": scores["Bleu_4"], "val_unk": count_unk(captions.values())}
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (buffers are copied as they are).
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)) so the early, random weights fade quickly;
+    a pure function of the step, so resuming reproduces it exactly.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
+        mine = list(self.model.parameters())
+        theirs = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(mine, theirs, 1.0 - decay)
+        for a, b in zip(self.model.buffers(), model.buffers()):
+            a.copy_(b)
 
 
 def _fault_injection(step: int) -> None:
