@@ -37,12 +37,17 @@ def test_default_plan_splits_and_held_out_combinations():
     assert counts == {"train": 315, "validate": 63, "test": 72}
     combo = lambda s: (s.colour, s.shape, s.action)  # noqa: E731
     train = {combo(s) for s in specs if s.split == "train"}
-    val = {combo(s) for s in specs if s.split == "validate"}
-    held = {combo(s) for s in specs if s.held_out}
-    assert len(held) == sy.MAX_HELD_OUT
-    assert all(s.split == "test" for s in specs if s.held_out)
-    assert not held & train and not held & val and val <= train
-    assert sum(s.held_out for s in specs) == 36  # half of the test videos are novel combinations
+    held_test = {combo(s) for s in specs if s.held_out and s.split == "test"}
+    held_val = {combo(s) for s in specs if s.held_out and s.split == "validate"}
+    assert len(held_test) == len(held_val) == sy.MAX_HELD_OUT and not held_test & held_val
+    assert not (held_test | held_val) & train
+    assert all(s.held_out == (combo(s) not in train) for s in specs)  # held out = never seen in training
+    # half of the test videos and half of the validation videos show a combination of their own split only
+    assert sum(s.held_out for s in specs if s.split == "test") == 36
+    assert sum(s.held_out for s in specs if s.split == "validate") == 31
+    for group in (held_test, held_val):  # each held-out set covers every colour, shape and action
+        for i, values in enumerate((sy.COLOURS, sy.SHAPES, sy.ACTIONS)):
+            assert {c[i] for c in group} == set(values)
     for factor, values in (("colour", sy.COLOURS), ("shape", sy.SHAPES), ("action", sy.ACTIONS)):
         per = Counter(getattr(s, factor) for s in specs if s.split == "train")
         assert set(per) == set(values) and max(per.values()) - min(per.values()) <= 2  # balanced

@@ -20,8 +20,11 @@ trained on the 105 training videos, scored on the 45 others): colour 98% (chance
 91% when frame order is available (17%).
 
 Splits: about 70% train, 14% validate, 16% test. Some colour-shape-action combinations are held
-out: they occur only in test (half of the test videos), while every colour, shape and action word
-still occurs in train; val and the other test videos reuse combinations seen in training. Captions
+out of training: half of the test videos show one of 12 combinations that occur only in test, and
+half of the validation videos one of 12 others that occur only in validation, so that choices made
+on validation (checkpoint, beam size, settings) reward the same generalisation the test measures.
+Every colour, shape and action word still occurs in train; the other val/test videos reuse
+combinations seen in training. Captions
 (5 per video) come from sentence templates with synonyms ("a red circle moves to the left", "the
 red ball is moving left", ...); a val/test caption uses only words that occur in training captions.
 
@@ -47,13 +50,13 @@ from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.errors import ConfigError
 
 GENERATOR = "fcvc_pipeline.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: validation has novel combinations of its own
 DEFAULT_N = 450
 DEFAULT_SIZE = 128
 DEFAULT_FRAMES = 30
 DEFAULT_FPS = 12
 CAPTIONS_PER_VIDEO = 5
-MAX_HELD_OUT = 12  # distinct colour-shape-action combinations reserved for test
+MAX_HELD_OUT = 12  # distinct colour-shape-action combinations reserved for test (and as many for validation)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 175, 60), "blue": (40, 80, 235),
@@ -108,7 +111,7 @@ class VideoSpec:
     shape: str
     action: str
     background: str
-    held_out: bool  # a combination that occurs only in test
+    held_out: bool  # a combination that never occurs in train (each occurs in only one of val and test)
     rgb: tuple[int, int, int]  # object colour after jitter
     bg_rgb: tuple[int, int, int]
     x0: float  # object centre at the first frame
@@ -176,13 +179,19 @@ def plan_sample(n: int = DEFAULT_N, seed: int = 0) -> list[VideoSpec]:
     rng = random.Random(seed)
     combos = [(c, s, a) for c in COLOURS for s in SHAPES for a in ACTIONS]
     n_train, n_val, n_test = split_sizes(n)
-    n_novel = n_test // 2
-    held_out = _balanced_order(combos, min(MAX_HELD_OUT, n_novel), rng) if n_novel else []
-    held_set = set(held_out)
+    n_novel, n_val_novel = n_test // 2, n_val // 2
+    k_test, k_val = min(MAX_HELD_OUT, n_novel), min(MAX_HELD_OUT, n_val_novel)
+    # two balanced draws, so each split's held-out set covers the colours, shapes and actions evenly
+    test_held = _balanced_order(combos, k_test, rng) if k_test else []
+    val_held = _balanced_order([c for c in combos if c not in test_held], k_val, rng) if k_val else []
+    held = test_held + val_held
+    held_set = set(held)
     seen_pool = [c for c in combos if c not in held_set]
     train = _balanced_order(seen_pool, n_train, rng)
-    val = [rng.choice(train) for _ in range(n_val)]
-    test = [held_out[i % len(held_out)] for i in range(n_novel)] + [rng.choice(train) for _ in range(n_test - n_novel)]
+    val = [val_held[i % len(val_held)] for i in range(n_val_novel)] + \
+        [rng.choice(train) for _ in range(n_val - n_val_novel)]
+    test = [test_held[i % len(test_held)] for i in range(n_novel)] + \
+        [rng.choice(train) for _ in range(n_test - n_novel)]
 
     specs = []
     for split, group in (("train", train), ("validate", val), ("test", test)):
@@ -389,13 +398,21 @@ def _readme(doc: dict[str, Any], specs: Sequence[VideoSpec], total_bytes: int) -
         "- actions: moving left / right / up (from near the centre toward that edge, with a motion trail), "
         "growing (to large sizes), shrinking (to small sizes), blinking (hidden in every other 4-frame period)",
         f"- splits: {counts['train']} train, {counts['validate']} validate, {counts['test']} test; "
-        f"{sum(1 for v in specs if v.held_out)} test videos show one of {len(held)} colour-shape-action "
-        "combinations that never occur in train or validate (all their words do)",
+        f"{sum(1 for v in specs if v.held_out and v.split == 'test')} test videos show one of "
+        f"{len({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == 'test'})} "
+        "colour-shape-action combinations that occur only in test, and "
+        f"{sum(1 for v in specs if v.held_out and v.split == 'validate')} validation videos one of "
+        f"{len({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == 'validate'})} "
+        "others that occur only in validation (all their words occur in train)",
         f"- {CAPTIONS_PER_VIDEO} captions per video from {len(TEMPLATES)} sentence templates with synonyms; "
         f"{len(words)} distinct words",
         "- each video's factors are in `videos[].factors` (not used by fcvc; for analysis)",
         "",
-        "Held-out combinations (test only): " + "; ".join(" ".join(h) for h in held) + ".",
+        "Held-out combinations, test only: " + "; ".join(
+            " ".join(h) for h in sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == "test"}))
+        + ". Validation only: " + "; ".join(
+            " ".join(h) for h in sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == "validate"}))
+        + ".",
         "",
         "Regenerate, or write a larger set for benchmarks:",
         "",
