@@ -24,9 +24,9 @@ from fcvc_pipeline.commands.common import common_options, parse_int_list, run_an
 @click.option("--d-model", type=int, default=None, help="Width of the model (default 512).")
 @click.option("--layers", type=int, default=None, help="Convolutional layers (default 4).")
 @click.option("--dropout", type=float, default=None)
-@click.option("--ema", "ema_decay", type=float, default=0.0, show_default=True,
+@click.option("--ema", "ema_decay", type=float, default=0.99, show_default=True,
               help="Validate, keep and caption with an exponential moving average of the weights (decay per step; 0: off).")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True,
               help="Train against (1 - eps) one-hot + eps uniform (the logged nll stays plain).")
 @click.option("--select-beams", default="1,3,5", show_default=True,
               help="Beam sizes tried on the validation split after training; the best becomes the run's decoding "

@@ -59,10 +59,12 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation CIDEr before stopping
     checkpoint_every: int = 0  # also write last.pt every N steps (0: at the end of each epoch only)
     val_beam_size: int = 1
-    # Polyak averaging: validation, best.pt and so every caption use an exponential moving average of the
-    # weights (decay per optimizer step; 0 = off). label_smoothing: see losses.caption_loss.
-    ema_decay: float = 0.0
-    label_smoothing: float = 0.0
+    # Two regularisers the paper does not use, on by default because together they raised the sample
+    # set's validation CIDEr at each of three seeds (README, measured results). ema_decay: validation,
+    # best.pt and so every caption use an exponential moving average of the weights (decay per optimizer
+    # step; 0 = off). label_smoothing: see losses.caption_loss (0 = the paper's loss).
+    ema_decay: float = 0.99
+    label_smoothing: float = 0.1
     # After training, best.pt captions the validation split with each of these beam sizes and keeps the one
     # with the highest CIDEr as the run's decoding (what `fcvc score`/`fcvc caption` use unless told
     # otherwise). Empty: no choice, beam DEFAULT_BEAM_SIZE.
