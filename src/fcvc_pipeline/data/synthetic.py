@@ -383,7 +383,9 @@ def build_annotations(specs: Sequence[VideoSpec], captions: dict[str, list[str]]
 def _readme(doc: dict[str, Any], specs: Sequence[VideoSpec], total_bytes: int) -> str:
     info = doc["info"]
     counts = {s: sum(1 for v in specs if v.split == s) for s in ("train", "validate", "test")}
-    held = sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out})
+    held = {split: sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == split})
+            for split in ("validate", "test")}
+    novel_videos = {split: sum(1 for v in specs if v.held_out and v.split == split) for split in held}
     words = sorted({w for s in doc["sentences"] for w in s["caption"].lower().rstrip(".").split()})
     lines = [
         "# Sample set: coloured shapes doing actions",
@@ -398,21 +400,15 @@ def _readme(doc: dict[str, Any], specs: Sequence[VideoSpec], total_bytes: int) -
         "- actions: moving left / right / up (from near the centre toward that edge, with a motion trail), "
         "growing (to large sizes), shrinking (to small sizes), blinking (hidden in every other 4-frame period)",
         f"- splits: {counts['train']} train, {counts['validate']} validate, {counts['test']} test; "
-        f"{sum(1 for v in specs if v.held_out and v.split == 'test')} test videos show one of "
-        f"{len({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == 'test'})} "
-        "colour-shape-action combinations that occur only in test, and "
-        f"{sum(1 for v in specs if v.held_out and v.split == 'validate')} validation videos one of "
-        f"{len({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == 'validate'})} "
-        "others that occur only in validation (all their words occur in train)",
+        f"{novel_videos['test']} test videos show one of {len(held['test'])} colour-shape-action combinations "
+        f"that occur only in test, and {novel_videos['validate']} validation videos one of "
+        f"{len(held['validate'])} others that occur only in validation (all their words occur in train)",
         f"- {CAPTIONS_PER_VIDEO} captions per video from {len(TEMPLATES)} sentence templates with synonyms; "
         f"{len(words)} distinct words",
         "- each video's factors are in `videos[].factors` (not used by fcvc; for analysis)",
         "",
-        "Held-out combinations, test only: " + "; ".join(
-            " ".join(h) for h in sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == "test"}))
-        + ". Validation only: " + "; ".join(
-            " ".join(h) for h in sorted({(v.colour, v.shape, v.action) for v in specs if v.held_out and v.split == "validate"}))
-        + ".",
+        "Held-out combinations, test only: " + "; ".join(" ".join(h) for h in held["test"])
+        + ". Validation only: " + "; ".join(" ".join(h) for h in held["validate"]) + ".",
         "",
         "Regenerate, or write a larger set for benchmarks:",
         "",

@@ -17,8 +17,6 @@ alone validates and writes files.
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import torch
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import Manifest, atomic_write_json, atomic_write_text, check_manifest, read_manifest, write_manifest
 from fcvc_pipeline.checkpoint import load_checkpoint, save_checkpoint
-from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
+from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, workdir_paths
 from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, count_batches, load_feature_bank,
                                         make_batches, resolve_training_videos)
 from fcvc_pipeline.data.feature_store import FeatureStore
@@ -38,6 +36,9 @@ from fcvc_pipeline.data.vocabulary import load_captions, load_vocabulary, refere
 from fcvc_pipeline.decoding import DEFAULT_BEAM_SIZE
 from fcvc_pipeline.errors import MismatchError, require
 from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.stages.train_parts import (NullContext, WeightAverage, accumulate, broadcast_flag, epoch_line,
+                                              fault_injection, fmt, init_distributed, jsonl, learning_rate, means,
+                                              zero_sums)
 
 STAGE_VERSION = 2  # 2: best.pt carries the validation-chosen decoding
 ALL_MODELS = "all"
@@ -143,58 +144,6 @@ class TrainResult:
                 "best_val_cider": self.best_val_cider, "epochs": self.epochs,
                 "seconds_per_epoch": self.seconds_per_epoch, "parameters": self.parameters,
                 "up_to_date": self.up_to_date}
-
-
-# -- distributed ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
-    """Read torchrun's environment; start the process group (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), resolve_device(device_spec)
-    import torch.distributed as dist
-
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_spec != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    return Dist(rank=rank, world=world, local_rank=local_rank), device
-
-
-def _broadcast_flag(flag: bool, d: Dist, device: torch.device) -> bool:
-    if not d.enabled:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-# -- the schedule ----------------------------------------------------------------------------------------
-def learning_rate(step: int, *, base: float, warmup: int, total: int) -> float:
-    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 10% of it at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
 # -- the stage -------------------------------------------------------------------------------------------
@@ -321,7 +270,7 @@ class Trainer:
         batches_per_epoch = count_batches(train_set, cfg.batch_size) // d.world
         total_steps = cfg.max_steps or cfg.epochs * max(1, batches_per_epoch)
 
-        pos = {"epoch": 0, "batch": 0, "step": 0, "sums": _zero_sums()}
+        pos = {"epoch": 0, "batch": 0, "step": 0, "sums": zero_sums()}
         history: list[dict[str, Any]] = []
         best = {"cider": None, "epoch": None}
         if state == "resume":
@@ -348,7 +297,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else NullContext()
         manifest_key = manifest.fingerprint()
         if d.main:
             progress.log(f"train [{cfg.run_name}]: {cfg.model}, {parameters / 1e6:.2f}M parameters, "
@@ -375,7 +324,7 @@ class Trainer:
             batches = make_batches(train_set, cfg.batch_size, generator=gen, vocab=vocab)
             if d.enabled:
                 batches = batches[: len(batches) - len(batches) % d.world][d.rank::d.world]
-            sums = pos["sums"] if pos["batch"] else _zero_sums()
+            sums = pos["sums"] if pos["batch"] else zero_sums()
             start_batch = pos["batch"]
             model.train()
             t0 = time.perf_counter()
@@ -398,7 +347,7 @@ class Trainer:
                 if ema is not None:
                     ema.update(model, pos["step"])
                 pos["step"] += 1
-                _accumulate(sums, terms)
+                accumulate(sums, terms)
                 if bar is not None:
                     bar.set_postfix(loss=f"{terms.total.item():.3f}")
                     bar.update(1)
@@ -408,7 +357,7 @@ class Trainer:
                     elapsed = sums.get("seconds_before", 0.0) + time.perf_counter() - t0
                     save_checkpoint(self.run_dir / "last.pt", snapshot(
                         {"epoch": epoch, "batch": i + 1, "step": pos["step"], "sums": {**sums, "seconds_before": elapsed}}))
-                _fault_injection(pos["step"])
+                fault_injection(pos["step"])
                 if last_of_run:
                     stop = True
                     break
@@ -416,7 +365,7 @@ class Trainer:
                 bar.close()
             seconds = time.perf_counter() - t0 + sums.get("seconds_before", 0.0)
             record = {"epoch": epoch + 1, "step": pos["step"], "lr": optimizer.param_groups[0]["lr"],
-                      **_means(sums), "seconds": seconds, "sec_per_10M_params": seconds / (parameters / 1e7)}
+                      **means(sums), "seconds": seconds, "sec_per_10M_params": seconds / (parameters / 1e7)}
             if d.main:
                 evaluated = ema.model if ema is not None else model
                 record.update(self._validate(evaluated, model_cfg, bank, val_set, val_refs, vocab, autocast))
@@ -430,11 +379,11 @@ class Trainer:
                     progress.log(f"no better validation CIDEr for {cfg.patience} epochs: stopping")
                     stop = True
                 save_checkpoint(self.run_dir / "last.pt",
-                                snapshot({"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": _zero_sums()}))
-                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(_jsonl(h) for h in history))
-                progress.log(_epoch_line(record))
-            stop = _broadcast_flag(stop, d, self.device)
-            pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": _zero_sums()}
+                                snapshot({"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": zero_sums()}))
+                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(jsonl(h) for h in history))
+                progress.log(epoch_line(record))
+            stop = broadcast_flag(stop, d, self.device)
+            pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "sums": zero_sums()}
             epoch += 1
 
         decoding = None
@@ -452,7 +401,7 @@ class Trainer:
                                 "history": history}
             write_manifest(self.run_dir, manifest)
             progress.log(f"train [{cfg.run_name}]: done, best validation CIDEr "
-                         f"{_fmt(best['cider'])} at epoch {best['epoch']}, decoding with beam "
+                         f"{fmt(best['cider'])} at epoch {best['epoch']}, decoding with beam "
                          f"{decoding['beam_size']}; checkpoints in {self.run_dir}")
         if d.enabled:
             import torch.distributed as dist
@@ -497,98 +446,17 @@ class Trainer:
         if len(val_set) == 0:
             return {}
         model.eval()
-        sums = _zero_sums()
+        sums = zero_sums()
         for b in make_batches(val_set, self.cfg.batch_size, generator=None, vocab=vocab):
             with autocast:
                 out = model(bank.batch(b.video_rows).to(self.device), b.inputs.to(self.device), b.video_index.to(self.device))
-            _accumulate(sums, caption_loss(out, b.targets.to(self.device), model_cfg))
+            accumulate(sums, caption_loss(out, b.targets.to(self.device), model_cfg))
         index = bank.index()
         hyps = caption_bank(model, bank, vocab, rows=[index[v] for v in sorted(val_refs)],
                             beam_size=self.cfg.val_beam_size, max_len=vocab.max_len, device=self.device)
         captions = {v: vocab.decode(h.tokens) for v, h in hyps.items()}
         scores = score_captions(captions, val_refs, metrics=("bleu", "cider"))
         model.train()
-        means = _means(sums)
-        return {"val_loss": means["train_loss"], "val_nll": means["train_nll"], "val_cider": scores["CIDEr"],
+        averages = means(sums)
+        return {"val_loss": averages["train_loss"], "val_nll": averages["train_nll"], "val_cider": scores["CIDEr"],
                 "val_bleu4": scores["Bleu_4"], "val_unk": count_unk(captions.values())}
-
-
-class WeightAverage:
-    """An exponential moving average of a model's parameters (buffers are copied as they are).
-
-    The decay ramps up as min(decay, (1 + step) / (10 + step)) so the early, random weights fade quickly;
-    a pure function of the step, so resuming reproduces it exactly.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1.0 + step) / (10.0 + step))
-        mine = list(self.model.parameters())
-        theirs = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(mine, theirs, 1.0 - decay)
-        for a, b in zip(self.model.buffers(), model.buffers()):
-            a.copy_(b)
-
-
-def _fault_injection(step: int) -> None:
-    """Test hook: ``FCVC_FAULT_KILL_AT_STEP=N`` kills this process (SIGKILL) right after step N."""
-    at = os.environ.get("FCVC_FAULT_KILL_AT_STEP")
-    if at and int(at) == step:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# -- small helpers ---------------------------------------------------------------------------------------
-def _zero_sums() -> dict[str, float]:
-    return {"tokens": 0.0, "captions": 0.0, "nll": 0.0, "total": 0.0, "frame_penalty": 0.0, "region_penalty": 0.0}
-
-
-def _accumulate(sums: dict[str, float], terms) -> None:
-    n = float(terms.tokens)
-    sums["tokens"] += n
-    sums["nll"] += float(terms.nll.detach()) * n
-    sums["total"] += float(terms.total.detach()) * n
-    sums["frame_penalty"] += float(terms.frame_penalty.detach()) * n
-    sums["region_penalty"] += float(terms.region_penalty.detach()) * n
-
-
-def _means(sums: dict[str, float]) -> dict[str, float]:
-    n = max(sums["tokens"], 1.0)
-    return {"train_loss": sums["total"] / n, "train_nll": sums["nll"] / n,
-            "train_frame_penalty": sums["frame_penalty"] / n, "train_region_penalty": sums["region_penalty"] / n}
-
-
-def _jsonl(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True) + "\n"
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _epoch_line(r: dict[str, Any]) -> str:
-    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.3f} (nll {r['train_nll']:.3f})"]
-    if "val_loss" in r:
-        parts += [f"val loss {r['val_loss']:.3f}", f"val CIDEr {_fmt(r['val_cider'])}", f"BLEU-4 {_fmt(r['val_bleu4'])}",
-                  f"<unk> {r['val_unk']}"]
-    parts.append(f"{r['seconds']:.1f}s")
-    return "  ".join(parts)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
