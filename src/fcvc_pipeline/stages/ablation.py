@@ -1,8 +1,9 @@
 """``fcvc train --model all``: the paper's Table 3/4 measured on your data.
 
 Trains every model (the five FCVC variants and the LSTM baseline) with the same data, seed and budget,
-scores each on the test split (beam search with the beam size each run chose on validation, pycocoevalcap), and writes the table in the paper's shape —
-BLEU-1..4, METEOR, ROUGE-L, CIDEr, #unk and training seconds per 10M parameters — as
+scores each on the test split (pycocoevalcap; beam search with the beam size each run chose on its
+validation split), and writes the table in the paper's shape — BLEU-1..4, METEOR, ROUGE-L, CIDEr, #unk,
+the beam size and training seconds per 10M parameters — as
 ``<workdir>/runs/ablation.md`` and ``ablation.json``.
 """
 
@@ -54,7 +55,7 @@ def run_ablation(cfg) -> AblationResult:
                "seconds_per_epoch": result.seconds_per_epoch, "sec_per_10M_params": sec_per_10m,
                "best_val_cider": result.best_val_cider, "beam_size": beam}
         rows.append(row)
-        table_rows.append((name, {**scores, "sec_per_10M_params": sec_per_10m}))
+        table_rows.append((name, {**scores, "beam": beam, "sec_per_10M_params": sec_per_10m}))
     table = format_score_table(table_rows, markdown=True)
     md_path, json_path = paths["runs"] / "ablation.md", paths["runs"] / "ablation.json"
     atomic_write_text(md_path, table + "\n")
