@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -166,3 +167,19 @@ def test_without_validation_split_best_follows_last_epoch(tmp_path):
     res = run_train(TrainConfig(workdir=w, model="fcvc", epochs=3, patience=1, **TINY))
     assert res.epochs == 3 and res.best_val_cider is None
     assert read_manifest(res.run).outputs["best_epoch"] == 3
+
+
+def test_resume_after_the_last_epoch_only_finishes_the_run(tmp_path):
+    """Killed after training but before the manifest (e.g. while choosing the beam size): --resume trains
+    no further epoch, it chooses the decoding and writes the manifest."""
+    from fcvc_pipeline.artifacts import read_manifest
+
+    w = make_tiny_workdir(tmp_path)
+    cfg = TrainConfig(workdir=w, model="fcvc", epochs=2, **TINY)
+    first = run_train(cfg)
+    (first.run / "manifest.json").unlink()
+    history = (first.run / "metrics.jsonl").read_text()
+    again = run_train(dataclasses.replace(cfg, resume=True))
+    assert not again.up_to_date and again.epochs == 2
+    assert (first.run / "metrics.jsonl").read_text() == history
+    assert read_manifest(first.run).outputs["decoding"]["chosen_on"] == "val"
