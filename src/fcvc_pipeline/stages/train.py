@@ -4,10 +4,13 @@ The loop in one paragraph: features are read from the store once (onto the GPU w
 shuffles the training *videos* with a generator seeded by (seed, epoch) and packs all captions of a video
 into the same batch, so the video is encoded once; AdamW with linear warm-up and cosine decay (a pure
 function of the global step, so resuming needs no scheduler object), gradient clipping, the Eq. 7 loss with
-its three terms logged, bf16 autocast on CUDA. After each epoch: validation loss, greedy validation captions
-scored with BLEU-4 and CIDEr, their ``<unk>`` count; ``best.pt`` follows validation CIDEr, ``last.pt`` is
-written after it (and every ``checkpoint_every`` steps), then ``metrics.jsonl``. ``--resume`` restores model,
-optimizer, RNG, position and the running epoch sums, so an interrupted run ends with the same numbers as an
+its three terms logged (label smoothing on the NLL term by default), bf16 autocast on CUDA, and an
+exponential moving average of the weights. After each epoch the averaged weights are validated: validation
+loss, greedy validation captions scored with BLEU-4 and CIDEr, their ``<unk>`` count; ``best.pt`` follows
+validation CIDEr, ``last.pt`` is written after it (and every ``checkpoint_every`` steps), then
+``metrics.jsonl``. When training ends, ``best.pt`` captions the validation split at each beam size of
+``select_beams`` and keeps the best as the run's decoding. ``--resume`` restores model, average, optimizer,
+RNG, position and the running epoch sums, so an interrupted run ends with the same numbers as an
 uninterrupted one (bit for bit on CPU).
 
 Under ``torchrun`` each rank trains on its slice of the batches through DistributedDataParallel; rank 0
