@@ -67,6 +67,7 @@ def learning_rate(step: int, *, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
+# -- the weight average -------------------------------------------------------------------------------
 class WeightAverage:
     """An exponential moving average of a model's parameters (buffers are copied as they are).
 
@@ -85,9 +86,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1.0 + step) / (10.0 + step))
-        mine = list(self.model.parameters())
-        theirs = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(mine, theirs, 1.0 - decay)
+        for a, b in zip(self.model.parameters(), model.parameters()):
+            a.lerp_(b.detach(), 1.0 - decay)
         for a, b in zip(self.model.buffers(), model.buffers()):
             a.copy_(b)
 
