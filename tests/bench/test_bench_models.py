@@ -28,7 +28,8 @@ def test_bench_decode_json():
 
 def test_bench_train_json():
     out = _run(["train", "--models", "fcvc-final,fcvc", "--captions", "4", "--captions-per-video", "2",
-                "--steps", "1", "--warmup", "0", "--max-len", "6", *SMALL])
+                "--steps", "3", "--warmup", "0", "--max-len", "6", *SMALL])
+    assert all(len(row["step_seconds_all"]) == 3 for row in out["models"].values())  # one step per round each
     assert list(out["models"]) == ["lstm", "fcvc-cf-ia", "fcvc"]  # the baseline is always timed
     assert out["models"]["lstm"]["per_10M_ratio_to_lstm"] == 1.0
     cf = out["models"]["fcvc-cf-ia"]
