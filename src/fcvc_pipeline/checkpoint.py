@@ -36,12 +36,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, checkpoint dict) for captioning and scoring."""
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, path, device), ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"):
+    """The model of an already loaded checkpoint, in eval mode (``path`` names it in errors)."""
     from fcvc_pipeline.models import ModelConfig, build_model
 
-    ckpt = load_checkpoint(path)
     model = build_model(ModelConfig.from_json(ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise InputError(path, f"weights do not fit the model config: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()

@@ -55,7 +55,7 @@ def caption_loss(output: ModelOutput, targets: Tensor, config: ModelConfig, *, l
     tokens = int(mask.sum())
     if label_smoothing > 0:  # one log-softmax for both terms
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        picked = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         nll = -(picked * mask).sum() / max(tokens, 1)
         uniform = -(log_probs.mean(dim=-1) * mask).sum() / max(tokens, 1)
         objective = (1.0 - label_smoothing) * nll + label_smoothing * uniform

@@ -34,7 +34,6 @@ class AblationResult:
 
 def run_ablation(cfg) -> AblationResult:
     from fcvc_pipeline.metrics import format_score_table, score_captions, read_captions_file
-    from fcvc_pipeline.checkpoint import load_checkpoint
     from fcvc_pipeline.stages.caption import caption_split, run_beam_size
     from fcvc_pipeline.stages.train import Trainer
 
@@ -45,7 +44,7 @@ def run_ablation(cfg) -> AblationResult:
     for name in ABLATION_ORDER:
         progress.log(f"== {name} ==")
         result = Trainer(dataclasses.replace(cfg, model=name, run=f"{prefix}{name}")).run()
-        beam = run_beam_size(load_checkpoint(result.run / "best.pt"), cfg.score_beam_size)
+        beam = run_beam_size(result.decoding, cfg.score_beam_size)
         captions_file = caption_split(cfg.workdir, f"{prefix}{name}", "test", beam_size=beam, device=cfg.device)
         captions = read_captions_file(captions_file)
         scores = score_captions(captions, {v: refs[v] for v in captions})

@@ -50,13 +50,12 @@ def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: P
                             hint="rerun `fcvc vocab` with the original annotations, or retrain")
 
 
-def run_beam_size(ckpt: dict[str, Any], beam_size: int | None = None) -> int:
-    """``beam_size`` when given, else the beam size chosen on validation when the run was trained (stored in
-    best.pt by `fcvc train`), else DEFAULT_BEAM_SIZE (checkpoints written before that choice existed)."""
+def run_beam_size(decoding: dict[str, Any] | None, beam_size: int | None = None) -> int:
+    """``beam_size`` when given, else the beam size a run chose on validation (``decoding``, stored in
+    best.pt and the run manifest by `fcvc train`), else DEFAULT_BEAM_SIZE (runs from before that choice)."""
     if beam_size is not None:
         return int(beam_size)
-    decoding = ckpt.get("decoding") or {}
-    return int(decoding.get("beam_size", DEFAULT_BEAM_SIZE))
+    return int((decoding or {}).get("beam_size", DEFAULT_BEAM_SIZE))
 
 
 def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int | None = None,
@@ -66,9 +65,7 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     ``beam_size`` defaults to the run's own choice (:func:`run_beam_size`), ``max_len`` to the longest
     caption the model was built for.
     """
-    from fcvc_pipeline.checkpoint import load_checkpoint
-
-    from fcvc_pipeline.checkpoint import load_model_from_checkpoint
+    from fcvc_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
     from fcvc_pipeline.data.dataset import load_feature_bank
     from fcvc_pipeline.inference import caption_bank
 
@@ -84,8 +81,10 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     video_ids = sorted({r.video_id for r in rows} & have)
     if not video_ids:
         raise MismatchError(f"no '{split}' video has features in {paths['features']}", hint="run `fcvc extract` on them")
+    ckpt = None  # read once, and only when needed: for the run's beam size or on a cache miss
     if beam_size is None:
-        beam_size = run_beam_size(load_checkpoint(ckpt_path))
+        ckpt = load_checkpoint(ckpt_path)
+        beam_size = run_beam_size(ckpt.get("decoding"))
     key = {"checkpoint": file_sha256(ckpt_path), "features": store.content_fingerprint(), "vocab": vocab.fingerprint(),
            "videos": video_ids, "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty}
     out = run_dir / "captions" / f"{split}-beam{beam_size}.json"
@@ -94,7 +93,8 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
         progress.log(f"captions [{run_dir.name}/{split}]: up to date ({out})")
         return out
     dev = resolve_device(device)
-    model, ckpt = load_model_from_checkpoint(ckpt_path, dev)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path, dev)
     check_vocabulary(ckpt, vocab, ckpt_path)
     if ckpt.get("store_settings_fingerprint") != store.settings_fingerprint:
         raise MismatchError(f"{ckpt_path} was trained on features extracted with other settings than {paths['features']}")
@@ -195,8 +195,8 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
     figures: dict[str, str] = {}
     if done:
         bank = load_feature_bank(store, [s.video_id for s in done], regions=model.config.uses_regions)
-        hyps = caption_bank(model, bank, vocab, beam_size=run_beam_size(ckpt, cfg.beam_size), max_len=cfg.max_len or model.config.max_len,
-                            length_penalty=cfg.length_penalty, device=dev)
+        hyps = caption_bank(model, bank, vocab, beam_size=run_beam_size(ckpt.get("decoding"), cfg.beam_size),
+                            max_len=cfg.max_len or model.config.max_len, length_penalty=cfg.length_penalty, device=dev)
         for s in done:
             h = hyps[s.video_id]
             items.append({"video": s.video_id, "path": str(s.path), "caption": vocab.decode(h.tokens),

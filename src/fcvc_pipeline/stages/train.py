@@ -130,6 +130,13 @@ class TrainConfig:
             problems.append(p)
         return problems
 
+    def out_of_patience(self, completed_epochs: int, best_epoch: int | None) -> bool:
+        """Early stopping: ``patience`` epochs have passed without a better validation CIDEr."""
+        return best_epoch is not None and completed_epochs - best_epoch >= self.patience
+
+    def reached_max_steps(self, step: int) -> bool:
+        return self.max_steps is not None and step >= self.max_steps
+
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
         skip = {"workdir", "device", "resume", "force", "run", "score_beam_size"}
@@ -146,6 +153,7 @@ class TrainResult:
     parameters: int
     up_to_date: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    decoding: dict[str, Any] | None = None  # the beam size chosen on validation (also in best.pt)
     exit_code: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -248,7 +256,7 @@ class Trainer:
             return TrainResult(run=self.run_dir, best_checkpoint=Path(out["best_checkpoint"]),
                                best_val_cider=out.get("best_val_cider"), epochs=out["epochs"],
                                seconds_per_epoch=out.get("seconds_per_epoch"), parameters=out["parameters"],
-                               up_to_date=True, history=out.get("history", []))
+                               up_to_date=True, history=out.get("history", []), decoding=out.get("decoding"))
         if d.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", {"train": {**dataclasses.asdict(cfg), "workdir": str(cfg.workdir)},
@@ -327,8 +335,7 @@ class Trainer:
 
         epoch = pos["epoch"]
         # a run resumed after it had already stopped (early stop or --max-steps) goes straight to the end
-        stop = (best["epoch"] is not None and pos["batch"] == 0 and epoch - best["epoch"] >= cfg.patience) or \
-            (cfg.max_steps is not None and pos["step"] >= cfg.max_steps)
+        stop = (pos["batch"] == 0 and cfg.out_of_patience(epoch, best["epoch"])) or cfg.reached_max_steps(pos["step"])
         while epoch < cfg.epochs and not stop:
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             batches = make_batches(train_set, cfg.batch_size, generator=gen, vocab=vocab)
@@ -361,7 +368,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{terms.total.item():.3f}")
                     bar.update(1)
-                last_of_run = cfg.max_steps is not None and pos["step"] >= cfg.max_steps
+                last_of_run = cfg.reached_max_steps(pos["step"])
                 if cfg.checkpoint_every and pos["step"] % cfg.checkpoint_every == 0 and i + 1 < len(batches) \
                         and not last_of_run and d.main:
                     elapsed = sums.get("seconds_before", 0.0) + time.perf_counter() - t0
@@ -385,7 +392,7 @@ class Trainer:
                     best = {"cider": record.get("val_cider"), "epoch": epoch + 1}
                     save_checkpoint(self.run_dir / "best.pt", {**snapshot({}), "state_dict": evaluated.state_dict(),
                                                                "ema_state_dict": None, "optimizer": {}, "history": []})
-                if epoch + 1 - best["epoch"] >= cfg.patience:
+                if cfg.out_of_patience(epoch + 1, best["epoch"]):
                     progress.log(f"no better validation CIDEr for {cfg.patience} epochs: stopping")
                     stop = True
                 save_checkpoint(self.run_dir / "last.pt",
@@ -402,7 +409,7 @@ class Trainer:
         seconds_per_epoch = sum(h["seconds"] for h in history) / len(history) if history else None
         result = TrainResult(run=self.run_dir, best_checkpoint=self.run_dir / "best.pt", best_val_cider=best["cider"],
                              epochs=len(history), seconds_per_epoch=seconds_per_epoch, parameters=parameters,
-                             history=history)
+                             history=history, decoding=decoding)
         if d.main:
             manifest.outputs = {"best_checkpoint": str(result.best_checkpoint), "best_val_cider": best["cider"],
                                 "best_epoch": best["epoch"], "epochs": len(history), "decoding": decoding,
@@ -423,15 +430,16 @@ class Trainer:
     def _choose_decoding(self, model_cfg, bank: FeatureBank, val_refs, vocab) -> dict[str, Any]:
         """Caption the validation split with best.pt at each of ``select_beams``; keep the beam size with
         the highest CIDEr (the smaller on a tie) and write it into best.pt as its ``decoding``."""
-        from fcvc_pipeline.checkpoint import load_model_from_checkpoint
+        from fcvc_pipeline.checkpoint import model_from_checkpoint
         from fcvc_pipeline.inference import caption_bank
         from fcvc_pipeline.metrics import score_captions
 
         best_path = self.run_dir / "best.pt"
+        ckpt = load_checkpoint(best_path)
         if not self.cfg.select_beams or not val_refs:
             decoding = {"beam_size": DEFAULT_BEAM_SIZE, "length_penalty": 1.0, "chosen_on": None}
         else:
-            model, _ = load_model_from_checkpoint(best_path, self.device)
+            model = model_from_checkpoint(ckpt, best_path, self.device)
             index = bank.index()
             ciders: dict[str, float] = {}
             for beam in sorted(set(self.cfg.select_beams)):
@@ -444,7 +452,7 @@ class Trainer:
                         "val_cider_by_beam": ciders}
             progress.log("validation CIDEr by beam size: " + ", ".join(f"{b}: {c:.3f}" for b, c in ciders.items())
                          + f" -> beam {chosen}")
-        save_checkpoint(best_path, {**load_checkpoint(best_path), "decoding": decoding})
+        save_checkpoint(best_path, {**ckpt, "decoding": decoding})
         return decoding
 
     @torch.no_grad()
