@@ -4,7 +4,7 @@
     python scripts/make_sample_data.py --out data/sample            # the committed set (450 videos)
     python scripts/make_sample_data.py --out /tmp/big --n 2000      # a larger set for benchmarks
 
-A thin wrapper over :func:`fcvc_pipeline.data.synthetic.generate_sample`.
+A thin wrapper over :func:`fcvc_pipeline.captions.synthetic.generate_sample`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.data.synthetic import DEFAULT_N, DEFAULT_SIZE, generate_sample
+from fcvc_pipeline.captions.synthetic import DEFAULT_N, DEFAULT_SIZE, generate_sample
 from fcvc_pipeline.errors import FcvcError
 
 

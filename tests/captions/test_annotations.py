@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fcvc_pipeline.data.annotations import MAX_CAPTION_CHARS, detect_format, load_annotations, read_text
-from fcvc_pipeline.data.splits import msvd_standard_split, normalize_split, read_split_file
+from fcvc_pipeline.captions.annotations import MAX_CAPTION_CHARS, detect_format, load_annotations, read_text
+from fcvc_pipeline.captions.splits import msvd_standard_split, normalize_split, read_split_file
 from fcvc_pipeline.errors import ConfigError, InputError
 
 MSVD_HEADER = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]

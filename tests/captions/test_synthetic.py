@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fcvc_pipeline.data import synthetic as sy
+from fcvc_pipeline.captions import synthetic as sy
 from fcvc_pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 import pytest
 
-from fcvc_pipeline.data.text import clean_reference, is_blank, normalize_caption, percentiles, truncate
+from fcvc_pipeline.captions.text import clean_reference, is_blank, normalize_caption, percentiles, truncate
 
 
 @pytest.mark.parametrize("raw, tokens", [

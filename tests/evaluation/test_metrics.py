@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fcvc_pipeline import metrics
+from fcvc_pipeline.evaluation import metrics
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError
-from fcvc_pipeline.metrics import (count_unk, format_score_table, java_available, ptb_tokenize,
+from fcvc_pipeline.evaluation.metrics import (count_unk, format_score_table, java_available, ptb_tokenize,
                                    python_tokenize, read_captions_file, sanitize_caption, score_captions)
 
 HAVE_JAVA = java_available()

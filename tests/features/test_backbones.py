@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fcvc_pipeline.errors import ConfigError, InputError
-from fcvc_pipeline.models.backbones import (
+from fcvc_pipeline.features.backbones import (
     C3D_MEAN_BGR, CLIP_MODELS, IMAGENET_MEAN, IMAGENET_STD, InceptionFeatures, batchnorm_state, build_c3d,
     build_hub_model, build_inception_v3, calibrate_batchnorm, imagenet_inception_state, inception_grid,
     load_batchnorm_state, load_state_file, parse_weights, preprocess_c3d, preprocess_frames, state_sha256,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fcvc_pipeline.data.decode_pool import DecodePool
-from fcvc_pipeline.data.video import (
+from fcvc_pipeline.features.decode_pool import DecodePool
+from fcvc_pipeline.features.video import (
     ClipSpec, DecodeError, DecodePlan, VideoSource, clip_windows, decode_video, list_videos, sample_indices,
 )
 from fcvc_pipeline.errors import ConfigError

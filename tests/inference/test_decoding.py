@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fcvc_pipeline.decoding import generate, generate_full_recompute, greedy
+from fcvc_pipeline.inference.decoding import generate, generate_full_recompute, greedy
 from fcvc_pipeline.errors import ConfigError
-from fcvc_pipeline.losses import caption_loss
+from fcvc_pipeline.training.losses import caption_loss
 from fcvc_pipeline.models import CaptionModel, ModelConfig, ModelOutput, StepOutput, VideoBatch, build_model
 from fcvc_pipeline.models import MODEL_NAMES
 from tests.models.tiny_models import MAX_LEN, tiny_captions, tiny_config, tiny_videos

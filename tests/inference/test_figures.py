@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcvc_pipeline.visualize import colour_scale, render_attention_figure
+from fcvc_pipeline.inference.figures import colour_scale, render_attention_figure
 
 N, H, W, G = 15, 36, 48, 8
 WORDS = ["a", "man", "is", "playing", "guitar"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fcvc_pipeline.errors import ConfigError, MismatchError
-from fcvc_pipeline.losses import caption_loss
+from fcvc_pipeline.training.losses import caption_loss
 from fcvc_pipeline.models import MODEL_NAMES, VideoBatch, build_model
 from tests.models.tiny_models import MAX_LEN, VOCAB, tiny_captions, tiny_config, tiny_videos
 

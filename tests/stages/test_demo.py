@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.data.synthetic import generate_sample
+from fcvc_pipeline.captions.synthetic import generate_sample
 from fcvc_pipeline.errors import MismatchError
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.demo import DemoConfig, run_demo

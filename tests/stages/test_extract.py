@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.data.feature_store import FeatureStore
+from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.errors import ConfigError, MismatchError
 from fcvc_pipeline.stages.extract import ExtractConfig, extract_like, run_extract
 from tests.videos import (
@@ -151,7 +151,7 @@ def test_c3d_default_without_weights_names_the_options(tmp_path, monkeypatch):
 
 
 def test_non_finite_features_fail_loudly_and_write_nothing(tmp_path, monkeypatch):
-    from fcvc_pipeline.stages import extract_backbones
+    from fcvc_pipeline.features import networks as extract_backbones
 
     make_corpus(tmp_path / "v", 2)
     real = extract_backbones.Backbones.frames

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fcvc_pipeline import metrics
+from fcvc_pipeline.evaluation import metrics
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.data.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
+from fcvc_pipeline.captions.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
 from fcvc_pipeline.stages import score as score_stage
 from fcvc_pipeline.stages.score import ScoreConfig, run_score
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from fcvc_pipeline.checkpoint import load_checkpoint
-from fcvc_pipeline.data.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
+from fcvc_pipeline.training.checkpoint import load_checkpoint
+from fcvc_pipeline.captions.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
 from fcvc_pipeline.errors import MismatchError
 from fcvc_pipeline.stages.train import TrainConfig, learning_rate, run_train
 from tests.tiny import make_tiny_workdir

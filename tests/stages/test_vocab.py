@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.data.synthetic import build_annotations, plan_sample, write_captions
-from fcvc_pipeline.data.vocabulary import SPECIALS, load_captions, load_vocabulary
+from fcvc_pipeline.captions.synthetic import build_annotations, plan_sample, write_captions
+from fcvc_pipeline.captions.vocabulary import SPECIALS, load_captions, load_vocabulary
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.stages.vocab import VocabConfig, build_vocabulary, run_vocab
 
@@ -113,7 +113,7 @@ def test_unsafe_ids_never_build_paths(tmp_path):
 
 
 def test_feature_store_cross_check(tmp_path, capsys):
-    from fcvc_pipeline.data.feature_store import FeatureStore
+    from fcvc_pipeline.features.store import FeatureStore
 
     work = tmp_path / "w"
     store = FeatureStore.create(work / "features.zarr", {"frames": 15, "dtype": "float32"})

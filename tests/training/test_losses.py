@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fcvc_pipeline.errors import MismatchError
-from fcvc_pipeline.losses import caption_loss
+from fcvc_pipeline.training.losses import caption_loss
 from fcvc_pipeline.models import ModelConfig, ModelOutput
 
 

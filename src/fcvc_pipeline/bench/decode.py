@@ -2,7 +2,7 @@
 
 Three ways to run the same beam search (same captions, checked):
 
-- ``incremental``: :func:`~fcvc_pipeline.decoding.generate` -- videos encoded once, one token per step through
+- ``incremental``: :func:`~fcvc_pipeline.inference.decoding.generate` -- videos encoded once, one token per step through
   the per-layer conv windows;
 - ``full_recompute``: every step re-runs ``model(videos, prefix)`` (encoding included) -- the reference;
 - ``prefix_recompute`` (opt-in with ``--modes``): encoding once, but every step re-runs the decoder over the
@@ -72,7 +72,7 @@ class DecodeBenchResult:
 
 
 def run_decode_bench(cfg: DecodeBenchConfig) -> DecodeBenchResult:
-    from fcvc_pipeline.decoding import generate, generate_full_recompute
+    from fcvc_pipeline.inference.decoding import generate, generate_full_recompute
     from fcvc_pipeline.errors import require
     from fcvc_pipeline.models import build_model, canonical_model_name
 

@@ -64,11 +64,11 @@ def _bare(store_path: Path, folder: Path, batch_size: int, workers: int, device,
     Uses the first ``max_videos`` videos (their tensors are all held in memory at once)."""
     import torch
 
-    from fcvc_pipeline.data.feature_store import FeatureStore
-    from fcvc_pipeline.data.decode_pool import DecodePool
-    from fcvc_pipeline.data.video import list_videos
+    from fcvc_pipeline.features.store import FeatureStore
+    from fcvc_pipeline.features.decode_pool import DecodePool
+    from fcvc_pipeline.features.video import list_videos
     from fcvc_pipeline.stages.extract import decode_plan
-    from fcvc_pipeline.stages.extract_backbones import prepare_backbones
+    from fcvc_pipeline.features.networks import prepare_backbones
 
     store = FeatureStore.open(store_path, mode="a")
     settings = store.settings

@@ -63,7 +63,7 @@ def random_videos(shapes: Shapes, num_videos: int, device: torch.device, *, seed
 
 
 def setup(device_spec: str, threads: int | None) -> tuple[torch.device, dict[str, Any]]:
-    from fcvc_pipeline.config import resolve_device
+    from fcvc_pipeline.workdir import resolve_device
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -85,7 +85,7 @@ class _Subject:
     """One model with its optimizer, ready to take timed training steps on the shared batch."""
 
     def __init__(self, name: str, cfg: TrainBenchConfig, device, videos, inputs, targets, video_index):
-        from fcvc_pipeline.losses import caption_loss
+        from fcvc_pipeline.training.losses import caption_loss
         from fcvc_pipeline.models import build_model
         from fcvc_pipeline.models.fcvc import choose_region_mode
 

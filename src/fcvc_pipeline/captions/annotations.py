@@ -4,7 +4,7 @@ Formats (``--format``):
 
 - ``msvd-csv``: the MSVD corpus CSV (``VideoID,Start,End,...,Language,Description``). Only rows whose
   ``Language`` is English are kept; the clip id is ``<VideoID>_<Start>_<End>``. Splits follow the
-  MSVD standard rule (:mod:`fcvc_pipeline.data.splits`); clips with no English caption are reported.
+  MSVD standard rule (:mod:`fcvc_pipeline.captions.splits`); clips with no English caption are reported.
 - ``msrvtt-json``: MSR-VTT ``videodatainfo.json``: ``videos[{video_id, split}]`` and
   ``sentences[{video_id, caption}]``.
 - ``coco-json``: ``annotations[{image_id | video_id, caption}]`` with an optional ``images`` (or
@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator
 
-from fcvc_pipeline.data.splits import (MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split,
+from fcvc_pipeline.captions.splits import (MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split,
                                        read_split_file)
-from fcvc_pipeline.data.text import clean_reference
+from fcvc_pipeline.captions.text import clean_reference
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.naming import is_safe
 

@@ -160,7 +160,7 @@ def _read_text(path: Path, text: str) -> SplitSpec:
 
 def read_split_file(path: str | Path) -> SplitSpec:
     """Parse ``--split-file`` (a folder of clips, a text file or a JSON file); errors name the line."""
-    from fcvc_pipeline.data.annotations import read_text  # one UTF-8 reader for every input file
+    from fcvc_pipeline.captions.annotations import read_text  # one UTF-8 reader for every input file
 
     path = Path(path)
     if path.is_dir():

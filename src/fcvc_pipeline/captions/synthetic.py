@@ -49,7 +49,7 @@ import numpy as np
 from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.errors import ConfigError
 
-GENERATOR = "fcvc_pipeline.data.synthetic"
+GENERATOR = "fcvc_pipeline.captions.synthetic"
 GENERATOR_VERSION = 2  # 2: validation has novel combinations of its own
 DEFAULT_N = 450
 DEFAULT_SIZE = 128
@@ -393,7 +393,7 @@ def _readme(doc: dict[str, Any], specs: Sequence[VideoSpec], total_bytes: int) -
         f"{len(specs)} short videos ({info['size']}x{info['size']}, {info['frames']} frames at {info['fps']} fps, "
         f"H.264 yuv420p, keyframe every second) with {len(doc['sentences'])} captions, in the MSR-VTT "
         f"`videodatainfo.json` format (`annotations.json`); {total_bytes / 1e6:.1f} MB in all.",
-        "Written by `scripts/make_sample_data.py` (`fcvc_pipeline.data.synthetic`), "
+        "Written by `scripts/make_sample_data.py` (`fcvc_pipeline.captions.synthetic`), "
         f"seed {info['seed']}: the same seed gives the same annotations and frames.",
         "",
         f"- colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}; backgrounds: {', '.join(BACKGROUNDS)}",

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.config import DEFAULT_WORKDIR
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR
 from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, FcvcError
 
 

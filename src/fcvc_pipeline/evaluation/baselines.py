@@ -16,7 +16,7 @@ def best_constant_caption(candidates: Iterable[str], references: dict[str, list[
     """(caption, CIDEr) of the candidate that scores highest when given to every video."""
     from pycocoevalcap.cider.cider import Cider
 
-    from fcvc_pipeline.metrics import java_available, ptb_tokenize, python_tokenize
+    from fcvc_pipeline.evaluation.metrics import java_available, ptb_tokenize, python_tokenize
 
     unique = sorted(set(c for c in candidates if c.strip()))[:limit]
     if not unique or not references:

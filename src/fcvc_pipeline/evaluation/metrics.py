@@ -150,7 +150,7 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
 
 
 # The pure-Python fallback. It follows the PTB conventions that matter for captions, as measured
-# against the Java tokenizer with -lowerCase (see tests/test_metrics.py):
+# against the Java tokenizer with -lowerCase (see tests/evaluation/test_metrics.py):
 #   lowercase; split ., , ; : ! ? off word ends (runs such as "!!" or "..." stay one token), but
 #   keep inner periods ("u.s.", "3.5") and single-letter abbreviations ("p.m."); split clitics
 #   n't 's 're 've 'll 'd 'm ("can't" -> "ca n't", "won't" -> "wo n't", "cannot" -> "can not",

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from fcvc_pipeline.data.video import ClipSpec
+from fcvc_pipeline.features.video import ClipSpec
 from fcvc_pipeline.errors import ConfigError, InputError
 
 FRAME_DIM = 2048

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from fcvc_pipeline.data.video import DecodedVideo, DecodeError, DecodePlan, _first_line
+from fcvc_pipeline.features.video import DecodedVideo, DecodeError, DecodePlan, _first_line
 
 def _resolve(spec: str) -> Callable[..., Any]:
     import importlib
@@ -108,7 +108,7 @@ class _Slot:
         self._err = tempfile.TemporaryFile()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        code = ("import sys; from fcvc_pipeline.data.decode_pool import worker_main; "
+        code = ("import sys; from fcvc_pipeline.features.decode_pool import worker_main; "
                 "worker_main(int(sys.argv[1]), sys.argv[2], sys.argv[3] == '1')")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, str(child.fileno()), decode_fn, "1" if quiet else "0"],
@@ -174,7 +174,7 @@ class DecodePool:
     """
 
     def __init__(self, plan: DecodePlan, *, workers: int = 2, timeout: float = 120.0, prefetch: int | None = None,
-                 decode_fn: str = "fcvc_pipeline.data.video:decode_video", quiet: bool = True):
+                 decode_fn: str = "fcvc_pipeline.features.video:decode_video", quiet: bool = True):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.plan = plan

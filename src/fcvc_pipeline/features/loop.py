@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fcvc_pipeline.data.feature_store import Claim, FeatureStore
-from fcvc_pipeline.data.decode_pool import DecodePool
-from fcvc_pipeline.data.video import DecodedVideo, DecodePlan, VideoSource
-from fcvc_pipeline.stages.extract_backbones import Backbones
+from fcvc_pipeline.features.store import Claim, FeatureStore
+from fcvc_pipeline.features.decode_pool import DecodePool
+from fcvc_pipeline.features.video import DecodedVideo, DecodePlan, VideoSource
+from fcvc_pipeline.features.networks import Backbones
 
 
 def source_stat(path: Path) -> dict[str, int] | None:

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from fcvc_pipeline.artifacts import file_sha256
-from fcvc_pipeline.data.feature_store import FeatureStore
+from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError
-from fcvc_pipeline.models.backbones import (
+from fcvc_pipeline.features.backbones import (
     CLIP_MODELS, ClipModelInfo, InceptionFeatures, WeightsChoice, batchnorm_state, build_clip_model,
     build_inception_v3, calibrate_batchnorm, has_batchnorm, hub_state, imagenet_inception_state,
     load_batchnorm_state, load_state_file, preprocess_clips, preprocess_frames, state_sha256,

@@ -20,7 +20,7 @@ Clip ``k`` (for the clip backbone) is ``L`` frames centred on ``index_k`` with a
 ``s``: ``index_k + s * (j - L // 2)`` for ``j = 0 .. L-1``, clamped to ``[0, T-1]`` (edge frames
 repeat).
 
-Decoding runs in worker processes with a per-video timeout: see :mod:`fcvc_pipeline.data.decode_pool`.
+Decoding runs in worker processes with a per-video timeout: see :mod:`fcvc_pipeline.features.decode_pool`.
 """
 
 from __future__ import annotations

@@ -6,16 +6,16 @@ from typing import Sequence
 
 import torch
 
-from fcvc_pipeline.data.dataset import FeatureBank
-from fcvc_pipeline.data.vocabulary import Vocabulary
+from fcvc_pipeline.training.batches import FeatureBank
+from fcvc_pipeline.captions.vocabulary import Vocabulary
 
 
 @torch.inference_mode()
 def caption_bank(model, bank: FeatureBank, vocab: Vocabulary, *, rows: Sequence[int] | None = None,
                  beam_size: int = 1, max_len: int = 20, length_penalty: float = 1.0,
                  batch_videos: int = 32, device: torch.device | str = "cpu") -> dict[str, object]:
-    """video id -> :class:`fcvc_pipeline.decoding.Hypothesis` for the bank rows given (all by default)."""
-    from fcvc_pipeline.decoding import generate
+    """video id -> :class:`fcvc_pipeline.inference.decoding.Hypothesis` for the bank rows given (all by default)."""
+    from fcvc_pipeline.inference.decoding import generate
 
     was_training = model.training
     model.eval()

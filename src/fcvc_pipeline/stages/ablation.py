@@ -14,8 +14,8 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, atomic_write_text
-from fcvc_pipeline.config import workdir_paths
-from fcvc_pipeline.data.vocabulary import load_captions, references_by_video
+from fcvc_pipeline.workdir import workdir_paths
+from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
 
 # the paper's order: baseline first, headline model last
 ABLATION_ORDER = ("lstm", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "fcvc-cf-ia")
@@ -33,7 +33,7 @@ class AblationResult:
 
 
 def run_ablation(cfg) -> AblationResult:
-    from fcvc_pipeline.metrics import format_score_table, score_captions, read_captions_file
+    from fcvc_pipeline.evaluation.metrics import format_score_table, score_captions, read_captions_file
     from fcvc_pipeline.stages.caption import caption_split, run_beam_size
     from fcvc_pipeline.stages.train import Trainer
 

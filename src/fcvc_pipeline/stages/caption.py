@@ -15,10 +15,10 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, fingerprint
-from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
-from fcvc_pipeline.data.feature_store import FeatureStore
-from fcvc_pipeline.data.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.decoding import DEFAULT_BEAM_SIZE
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
+from fcvc_pipeline.inference.decoding import DEFAULT_BEAM_SIZE
 from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError, require
 
 DEFAULT_RUN = "fcvc-cf-ia"
@@ -65,9 +65,9 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     ``beam_size`` defaults to the run's own choice (:func:`run_beam_size`), ``max_len`` to the longest
     caption the model was built for.
     """
-    from fcvc_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcvc_pipeline.data.dataset import load_feature_bank
-    from fcvc_pipeline.inference import caption_bank
+    from fcvc_pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcvc_pipeline.training.batches import load_feature_bank
+    from fcvc_pipeline.inference.captioner import caption_bank
 
     paths = workdir_paths(workdir)
     run_dir = resolve_run(workdir, run)
@@ -169,10 +169,10 @@ def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path)
 
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
-    from fcvc_pipeline.checkpoint import load_model_from_checkpoint
-    from fcvc_pipeline.data.dataset import load_feature_bank
-    from fcvc_pipeline.data.video import list_videos
-    from fcvc_pipeline.inference import caption_bank
+    from fcvc_pipeline.training.checkpoint import load_model_from_checkpoint
+    from fcvc_pipeline.training.batches import load_feature_bank
+    from fcvc_pipeline.features.video import list_videos
+    from fcvc_pipeline.inference.captioner import caption_bank
     from fcvc_pipeline.stages.extract import extract_like
 
     require(cfg.validate())
@@ -210,10 +210,10 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
 
 def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary, settings: dict[str, Any]) -> dict[str, str]:
     """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap."""
-    from fcvc_pipeline.data.video import decode_video
+    from fcvc_pipeline.features.video import decode_video
     from fcvc_pipeline.naming import safe_name
     from fcvc_pipeline.stages.extract import decode_plan
-    from fcvc_pipeline.visualize import render_attention_figure
+    from fcvc_pipeline.inference.figures import render_attention_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, fingerprint
-from fcvc_pipeline.config import DEFAULT_WORKDIR, workdir_paths
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, workdir_paths
 from fcvc_pipeline.errors import MissingArtifactError
 
 
@@ -57,7 +57,7 @@ class DemoResult:
 
 
 def _sample_dir(cfg: DemoConfig) -> Path:
-    from fcvc_pipeline.data.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
+    from fcvc_pipeline.captions.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
 
     if cfg.data is not None:
         if not (Path(cfg.data) / "annotations.json").is_file():
@@ -77,8 +77,8 @@ def _sample_dir(cfg: DemoConfig) -> Path:
 def _constant_caption(workdir: Path) -> dict[str, Any]:
     """The best constant caption on the test split (cached against the caption table)."""
     from fcvc_pipeline.artifacts import read_manifest
-    from fcvc_pipeline.data.vocabulary import load_captions, references_by_video
-    from fcvc_pipeline.stages.baselines import best_constant_caption
+    from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
+    from fcvc_pipeline.evaluation.baselines import best_constant_caption
 
     vocab_dir = workdir_paths(workdir)["vocab"]
     manifest = read_manifest(vocab_dir)
@@ -97,7 +97,7 @@ def _constant_caption(workdir: Path) -> dict[str, Any]:
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    from fcvc_pipeline.data.vocabulary import load_captions, references_by_video
+    from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
     from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
     from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
     from fcvc_pipeline.stages.score import ScoreConfig, run_score

@@ -20,12 +20,12 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import file_sha256
-from fcvc_pipeline.config import DEFAULT_WORKDIR, FEATURES_DIRNAME, check_device_spec, resolve_device
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, FEATURES_DIRNAME, check_device_spec, resolve_device
 from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, ConfigError, MismatchError, require
-from fcvc_pipeline.models.backbones import (
+from fcvc_pipeline.features.backbones import (
     CLIP_MODELS, FRAME_DIM, INCEPTION_MIN_SIZE, WeightsChoice, inception_grid, parse_weights,
 )
-from fcvc_pipeline.data.video import DECODERS, DecodePlan, VideoSource, list_videos
+from fcvc_pipeline.features.video import DECODERS, DecodePlan, VideoSource, list_videos
 
 SAMPLING_RULE = "index_k = floor((k + 0.5) * T / N); clip k = index_k + stride * (j - L // 2), clamped"
 DTYPES = ("float16", "float32")
@@ -266,7 +266,7 @@ def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, 
     torch's cache; a weights file must still hash to what was recorded (else :class:`MismatchError`);
     ``weights_paths`` ({"inception"|"clip": path}) points at a moved weights file.
     """
-    from fcvc_pipeline.data.feature_store import FeatureStore
+    from fcvc_pipeline.features.store import FeatureStore
 
     ref = FeatureStore.open(reference_store)
     s = ref.settings
@@ -309,9 +309,9 @@ def _placeholder(record: dict[str, Any]) -> str:
 
 def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = None,
              path_overrides: dict[str, Path] | None = None) -> ExtractResult:
-    from fcvc_pipeline.data.feature_store import FeatureStore
-    from fcvc_pipeline.stages.extract_backbones import prepare_backbones
-    from fcvc_pipeline.stages.extract_loop import ExtractionLoop, video_status
+    from fcvc_pipeline.features.store import FeatureStore
+    from fcvc_pipeline.features.networks import prepare_backbones
+    from fcvc_pipeline.features.loop import ExtractionLoop, video_status
 
     t0 = time.perf_counter()
     cfg = r.cfg
@@ -378,7 +378,7 @@ def _execute(r: _Resolved, *, reference=None, settings: dict[str, Any] | None = 
 
 def _preflight(r: _Resolved) -> None:
     """Fetch downloadable weights now (into torch's cache), so an offline machine fails early and cleanly."""
-    from fcvc_pipeline.models.backbones import hub_state, imagenet_inception_state
+    from fcvc_pipeline.features.backbones import hub_state, imagenet_inception_state
 
     if r.inception.kind == "imagenet":
         imagenet_inception_state()
@@ -404,8 +404,8 @@ def _calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wante
     """Sampled frames (and clips) of the first videos of the whole input list, in list order."""
     import numpy as np
 
-    from fcvc_pipeline.data.decode_pool import DecodePool
-    from fcvc_pipeline.stages.extract_backbones import CalibrationData
+    from fcvc_pipeline.features.decode_pool import DecodePool
+    from fcvc_pipeline.features.networks import CalibrationData
 
     clips_wanted = max(2, frames_wanted // 8)
     frames, clips, ids = [], [], []

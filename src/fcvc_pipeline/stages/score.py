@@ -15,8 +15,8 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, fingerprint
-from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, workdir_paths
-from fcvc_pipeline.data.vocabulary import SPLITS, load_captions, references_by_video
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, check_device_spec, workdir_paths
+from fcvc_pipeline.captions.vocabulary import SPLITS, load_captions, references_by_video
 from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.naming import safe_name
 
@@ -97,7 +97,7 @@ def _match_ids(captions: dict[str, str], references: dict[str, list[str]], path:
 
 
 def run_score(cfg: ScoreConfig) -> ScoreResult:
-    from fcvc_pipeline.metrics import (format_score_table, java_available, read_captions_file,
+    from fcvc_pipeline.evaluation.metrics import (format_score_table, java_available, read_captions_file,
                                        score_captions)
 
     require(cfg.problems())

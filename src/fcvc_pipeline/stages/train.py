@@ -30,16 +30,16 @@ import torch
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import Manifest, atomic_write_json, atomic_write_text, check_manifest, read_manifest, write_manifest
-from fcvc_pipeline.checkpoint import load_checkpoint, save_checkpoint
-from fcvc_pipeline.config import DEFAULT_WORKDIR, check_device_spec, workdir_paths
-from fcvc_pipeline.data.dataset import (FeatureBank, build_caption_set, count_batches, load_feature_bank,
+from fcvc_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, check_device_spec, workdir_paths
+from fcvc_pipeline.training.batches import (FeatureBank, build_caption_set, count_batches, load_feature_bank,
                                         make_batches, resolve_training_videos)
-from fcvc_pipeline.data.feature_store import FeatureStore
-from fcvc_pipeline.data.vocabulary import load_captions, load_vocabulary, references_by_video
-from fcvc_pipeline.decoding import DEFAULT_BEAM_SIZE
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.captions.vocabulary import load_captions, load_vocabulary, references_by_video
+from fcvc_pipeline.inference.decoding import DEFAULT_BEAM_SIZE
 from fcvc_pipeline.errors import MismatchError, require
 from fcvc_pipeline.naming import safe_name
-from fcvc_pipeline.stages.train_parts import (NullContext, WeightAverage, accumulate, broadcast_flag, epoch_line,
+from fcvc_pipeline.training.optim import (NullContext, WeightAverage, accumulate, broadcast_flag, epoch_line,
                                               fault_injection, fmt, init_distributed, jsonl, learning_rate, means,
                                               zero_sums)
 
@@ -241,7 +241,7 @@ class Trainer:
 
     # .. the run ........................................................................................
     def run(self) -> TrainResult:
-        from fcvc_pipeline.losses import caption_loss
+        from fcvc_pipeline.training.losses import caption_loss
         from fcvc_pipeline.models import build_model
 
         cfg, d = self.cfg, self.dist
@@ -430,9 +430,9 @@ class Trainer:
     def _choose_decoding(self, model_cfg, bank: FeatureBank, val_refs, vocab) -> dict[str, Any]:
         """Caption the validation split with best.pt at each of ``select_beams``; keep the beam size with
         the highest CIDEr (the smaller on a tie) and write it into best.pt as its ``decoding``."""
-        from fcvc_pipeline.checkpoint import model_from_checkpoint
-        from fcvc_pipeline.inference import caption_bank
-        from fcvc_pipeline.metrics import score_captions
+        from fcvc_pipeline.training.checkpoint import model_from_checkpoint
+        from fcvc_pipeline.inference.captioner import caption_bank
+        from fcvc_pipeline.evaluation.metrics import score_captions
 
         best_path = self.run_dir / "best.pt"
         ckpt = load_checkpoint(best_path)
@@ -457,9 +457,9 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, model, model_cfg, bank: FeatureBank, val_set, val_refs, vocab, autocast) -> dict[str, Any]:
-        from fcvc_pipeline.inference import caption_bank
-        from fcvc_pipeline.losses import caption_loss
-        from fcvc_pipeline.metrics import count_unk, score_captions
+        from fcvc_pipeline.inference.captioner import caption_bank
+        from fcvc_pipeline.training.losses import caption_loss
+        from fcvc_pipeline.evaluation.metrics import count_unk, score_captions
 
         if len(val_set) == 0:
             return {}

@@ -1,6 +1,6 @@
 """``fcvc vocab``: annotations -> normalised tokens -> vocabulary + split-aware caption table.
 
-Writes ``<workdir>/vocab/{vocab.json, captions.jsonl, manifest.json}`` (format: data/vocabulary.py).
+Writes ``<workdir>/vocab/{vocab.json, captions.jsonl, manifest.json}`` (format: captions/vocabulary.py).
 The vocabulary is counted over the training targets only (train split, after truncation to
 ``max_len``): words seen fewer than ``min_count`` times there map to ``<unk>``; the order is the four
 specials, then by decreasing count, ties alphabetical, so equal inputs give byte-equal files.
@@ -23,11 +23,11 @@ from typing import Any, Sequence
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import (MANIFEST_NAME, Manifest, check_manifest, file_fingerprint, read_manifest,
                                      write_manifest)
-from fcvc_pipeline.config import DEFAULT_WORKDIR, workdir_paths
-from fcvc_pipeline.data.annotations import FORMATS, Annotations, load_annotations
-from fcvc_pipeline.data.splits import split_file_fingerprint
-from fcvc_pipeline.data.text import normalize_caption, percentiles, truncate
-from fcvc_pipeline.data.vocabulary import (CAPTIONS_FILE, SPECIALS, SPLITS, VOCAB_FILE, CaptionRow, Vocabulary,
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, workdir_paths
+from fcvc_pipeline.captions.annotations import FORMATS, Annotations, load_annotations
+from fcvc_pipeline.captions.splits import split_file_fingerprint
+from fcvc_pipeline.captions.text import normalize_caption, percentiles, truncate
+from fcvc_pipeline.captions.vocabulary import (CAPTIONS_FILE, SPECIALS, SPLITS, VOCAB_FILE, CaptionRow, Vocabulary,
                                            save_vocab_dir)
 from fcvc_pipeline.errors import ConfigError, InputError, require
 
@@ -150,7 +150,7 @@ def build_table(ann: Annotations, *, min_count: int, max_len: int) -> tuple[Voca
 
 def feature_report(workdir: Path, annotated: set[str]) -> dict[str, Any] | None:
     """Annotated videos without features and featured videos without captions, when a store exists."""
-    from fcvc_pipeline.data.feature_store import FeatureStore
+    from fcvc_pipeline.features.store import FeatureStore
     from fcvc_pipeline.errors import FcvcError
 
     path = workdir_paths(workdir)["features"]

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.data.feature_store import FeatureStore
-from fcvc_pipeline.data.vocabulary import CaptionRow, Vocabulary
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary
 from fcvc_pipeline.errors import MismatchError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from fcvc_pipeline.config import resolve_device
+from fcvc_pipeline.workdir import resolve_device
 
 
 # -- distributed ---------------------------------------------------------------------------------------
