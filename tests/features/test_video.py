@@ -163,7 +163,7 @@ def test_pool_survives_hangs_and_crashes(tmp_path):
     names = ["a", "hang", "b", "crash", "flaky", "c"]
     sources = [VideoSource(n, write_video(tmp_path / f"{n}.mp4", frames)) for n in names]
     pool = DecodePool(DecodePlan(frames=2, frame_size=75), workers=2, timeout=3.0,
-                      decode_fn="tests.data.test_video:misbehaving_decode")
+                      decode_fn="tests.features.test_video:misbehaving_decode")
     t0 = time.monotonic()
     outcomes = {o.item.video_id: o for o in pool.imap(sources)}
     assert time.monotonic() - t0 < 30
