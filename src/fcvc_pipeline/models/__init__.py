@@ -1,19 +1,22 @@
-"""Backbones and captioning models.
+"""The captioners: FCVC and its ablations, and the LSTM baseline.
 
-The captioning API (names used by the trainer, the captioner and the benchmarks):
-
-- :mod:`.config`: ``MODEL_NAMES``, ``MODEL_ALIASES``, ``canonical_model_name``, ``ModelConfig``, ``build_model``
+- :mod:`.variants`: the table of variants (``VARIANTS``, ``MODEL_NAMES``, aliases, layer plans)
+- :mod:`.config`: ``ModelConfig`` (saved with the weights)
+- :mod:`.registry`: ``build_model``
 - :mod:`.state`: ``VideoBatch``, ``ModelOutput``, ``StepOutput``, ``Rows``
 - :mod:`.base`: ``CaptionModel`` (forward / encode / decode / init_state / step)
 - :mod:`.fcvc`: the FCVC family; :mod:`.lstm`: the LSTM baseline
 """
 
 from fcvc_pipeline.models.base import CaptionModel
-from fcvc_pipeline.models.config import (DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, LayerPlan, ModelConfig,
-                                         build_model, canonical_model_name)
+from fcvc_pipeline.models.config import ModelConfig
+from fcvc_pipeline.models.registry import build_model
 from fcvc_pipeline.models.state import ModelOutput, Rows, StepOutput, VideoBatch
+from fcvc_pipeline.models.variants import (ABLATION_ORDER, DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, VARIANTS,
+                                           LayerPlan, Variant, canonical_model_name, variant)
 
 __all__ = [
-    "CaptionModel", "DEFAULT_MODEL", "LayerPlan", "MODEL_ALIASES", "MODEL_NAMES", "ModelConfig", "ModelOutput",
-    "Rows", "StepOutput", "VideoBatch", "build_model", "canonical_model_name",
+    "ABLATION_ORDER", "CaptionModel", "DEFAULT_MODEL", "LayerPlan", "MODEL_ALIASES", "MODEL_NAMES", "ModelConfig",
+    "ModelOutput", "Rows", "StepOutput", "VARIANTS", "Variant", "VideoBatch", "build_model", "canonical_model_name",
+    "variant",
 ]

@@ -1,62 +1,17 @@
-"""Model names, the frozen :class:`ModelConfig` saved with the weights, and the per-layer attention plan.
+"""The frozen :class:`ModelConfig` saved with the weights (a leaf: plain data, no torch).
 
-Names used by ``--model`` everywhere (the paper's Table 4 plus the LSTM baseline of Eqs. 1-3):
-
-=============  =========================================================================
-``fcvc-cf-ia``  the headline model (alias ``fcvc-final``): TA in the lower half, IA above
-``fcvc``        the conv stack with no attention (global feature only)
-``fcvc-ta``     TA in every layer
-``fcvc-ia``     in every layer TA computes the frame weights and IA uses them (IA context only)
-``fcvc-all``    TA in the lower half, TA + IA in the upper half
-``lstm``        LSTM encoder over the frames, its final state initialises an LSTM decoder
-=============  =========================================================================
+Which variants exist and what their layers attend to is the table in :mod:`.variants`; building a model
+from a config is :func:`fcvc_pipeline.models.registry.build_model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fcvc_pipeline.errors import ConfigError, require
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fcvc_pipeline.models.base import CaptionModel
-
-MODEL_NAMES = ("fcvc-cf-ia", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "lstm")
-MODEL_ALIASES = {"fcvc-final": "fcvc-cf-ia"}
-DEFAULT_MODEL = "fcvc-cf-ia"
-
-# Models whose upper layers use inherited (region) attention, and those with temporal (frame) attention.
-_REGION_MODELS = frozenset({"fcvc-cf-ia", "fcvc-ia", "fcvc-all"})
-_FRAME_ATTENTION_MODELS = frozenset({"fcvc-cf-ia", "fcvc-ta", "fcvc-ia", "fcvc-all"})
-
-
-def canonical_model_name(name: str) -> str:
-    """``fcvc-final`` -> ``fcvc-cf-ia``; a canonical name is returned unchanged; anything else is a ConfigError."""
-    key = str(name).strip().lower()
-    key = MODEL_ALIASES.get(key, key)
-    if key not in MODEL_NAMES:
-        known = ", ".join(MODEL_NAMES) + " (alias: " + ", ".join(f"{a} = {c}" for a, c in MODEL_ALIASES.items()) + ")"
-        raise ConfigError(f"unknown model {name!r}; choose one of {known}")
-    return key
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What one conv layer attends to.
-
-    ``temporal``: the layer runs temporal attention (Eq. 5) and so produces frame weights alpha.
-    ``temporal_context``: TA's context vector is added to the layer's hidden state (False for ``fcvc-ia``,
-    where TA only supplies the weights that IA inherits).
-    ``inherited``: the layer runs inherited attention (Eq. 6) with alpha from ``alpha_from``, the index of
-    the last TA layer at or below it.
-    """
-
-    temporal: bool = False
-    temporal_context: bool = False
-    inherited: bool = False
-    alpha_from: int | None = None
+from fcvc_pipeline.errors import ConfigError
+from fcvc_pipeline.models.variants import DEFAULT_MODEL, MODEL_NAMES, VARIANTS, LayerPlan, resolve_alias
 
 
 @dataclass(frozen=True)
@@ -92,43 +47,27 @@ class ModelConfig:
     eos_id: int = 2
 
     def __post_init__(self):
-        alias = MODEL_ALIASES.get(str(self.model).strip().lower())
-        if alias is not None:  # store the canonical name so saved configs never carry aliases
-            object.__setattr__(self, "model", alias)
+        canonical = resolve_alias(self.model)
+        if canonical in VARIANTS:  # store the canonical name so saved configs never carry aliases
+            object.__setattr__(self, "model", canonical)
 
-    # .. derived facts ...................................................................................
+    # .. derived facts (from the variants table) ..............................................................
     @property
     def uses_regions(self) -> bool:
         """True for models with inherited attention (they need region features)."""
-        return self.model in _REGION_MODELS
+        return self.model in VARIANTS and VARIANTS[self.model].uses_regions
 
     @property
     def uses_frame_attention(self) -> bool:
-        return self.model in _FRAME_ATTENTION_MODELS
+        return self.model in VARIANTS and VARIANTS[self.model].uses_frame_attention
 
     @property
     def is_lstm(self) -> bool:
-        return self.model == "lstm"
+        return self.model in VARIANTS and VARIANTS[self.model].lstm
 
     def layer_plan(self) -> tuple[LayerPlan, ...]:
         """The attention of each conv layer (lower half = the first ``ceil(layers / 2)`` layers)."""
-        n, lower = self.layers, (self.layers + 1) // 2
-        if self.model == "fcvc":
-            return tuple(LayerPlan() for _ in range(n))
-        if self.model == "fcvc-ta":
-            return tuple(LayerPlan(temporal=True, temporal_context=True) for _ in range(n))
-        if self.model == "fcvc-ia":
-            return tuple(LayerPlan(temporal=True, temporal_context=False, inherited=True, alpha_from=i)
-                         for i in range(n))
-        if self.model == "fcvc-all":
-            return tuple(LayerPlan(temporal=True, temporal_context=True) if i < lower else
-                         LayerPlan(temporal=True, temporal_context=True, inherited=True, alpha_from=i)
-                         for i in range(n))
-        if self.model == "fcvc-cf-ia":
-            return tuple(LayerPlan(temporal=True, temporal_context=True) if i < lower else
-                         LayerPlan(inherited=True, alpha_from=lower - 1)
-                         for i in range(n))
-        return ()  # lstm: no conv layers
+        return VARIANTS[self.model].plan(self.layers) if self.model in VARIANTS else ()
 
     # .. checks and serialisation ...........................................................................
     def validate(self) -> list[str]:
@@ -162,8 +101,9 @@ class ModelConfig:
         else:
             if self.layers < 1:
                 p.append(f"layers must be >= 1 (got {self.layers})")
-            if self.model in ("fcvc-cf-ia", "fcvc-all") and self.layers < 2:
-                p.append(f"{self.model} needs layers >= 2 (TA below, IA above; got {self.layers})")
+            need = VARIANTS[self.model].min_layers if self.model in VARIANTS else 1
+            if need > 1 and self.layers < need:
+                p.append(f"{self.model} needs layers >= {need} (TA below, IA above; got {self.layers})")
             if self.uses_frame_attention and self.heads >= 1 and self.d_model % self.heads:
                 p.append(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         return p
@@ -182,16 +122,3 @@ class ModelConfig:
                               f"(written by a newer fcvc?)")
         return cls(**d)
 
-
-def build_model(cfg: ModelConfig) -> "CaptionModel":
-    """The model described by ``cfg`` (validated first; every problem reported in one ConfigError)."""
-    if not isinstance(cfg, ModelConfig):
-        raise ConfigError(f"build_model needs a ModelConfig (got {type(cfg).__name__})")
-    require(cfg.validate())
-    if cfg.is_lstm:
-        from fcvc_pipeline.models.lstm import LstmCaptioner
-
-        return LstmCaptioner(cfg)
-    from fcvc_pipeline.models.fcvc import FcvcCaptioner
-
-    return FcvcCaptioner(cfg)
