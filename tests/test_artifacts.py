@@ -1,9 +1,9 @@
 import json
 
-from fcvc_pipeline.artifacts import (Manifest, atomic_write_json, check_manifest, fingerprint, read_json,
-                                     write_manifest)
-from fcvc_pipeline.errors import InputError
 import pytest
+
+from fcvc_pipeline.artifacts import Manifest, atomic_write_json, check_manifest, fingerprint, read_json, write_manifest
+from fcvc_pipeline.errors import InputError
 
 
 def test_fingerprint_is_order_independent():

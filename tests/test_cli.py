@@ -1,11 +1,11 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.commands.common import run_and_exit
 from fcvc_pipeline.errors import ConfigError
-import pytest
 
 
 def test_help_lists_commands():

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fcvc_pipeline.artifacts import Manifest, write_manifest
-from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.captions.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
+from fcvc_pipeline.features.store import FeatureStore
 
 COLOURS = ("red", "green", "blue")
 ACTIONS = ("rises", "falls")

@@ -1,15 +1,19 @@
-"""Atomic writes, fingerprints and stage manifests (the caching contract of DESIGN.md section 4).
+"""Atomic writes, fingerprints, stage manifests and small keyed JSON caches (the caching contract).
 
 A stage's output directory carries ``manifest.json``, written last and atomically, holding the stage
 name, the stage version, the config fields that change outputs, and fingerprints of its inputs.
 :func:`check_manifest` compares a stored manifest with the one a rerun would write and says either
-``up to date`` or why the stage must run again, in the style of DVC.
+``up to date`` or why the stage must run again, in the style of DVC. Smaller derived results (the
+captions of a split, the scores of a captions file, the constant-caption floor) use :func:`read_cached`
+/ :func:`write_cached`: one JSON layout ``{"fingerprint", "key", <field>: value}``, recomputed whenever the
+key differs or the file cannot be read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -17,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fcvc_pipeline.errors import InputError
 
 MANIFEST_NAME = "manifest.json"
 
@@ -96,9 +102,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temp file + ``os.replace`` (a crash never leaves half a checkpoint)."""
-    import io
-
-    import torch
+    import torch  # noqa: PLC0415 -- deferred: the other artifact helpers (vocab, scores) must not load torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -107,8 +111,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, turning a parse error into an :class:`InputError` that names the position."""
-    from fcvc_pipeline.errors import InputError
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -193,3 +195,27 @@ def check_manifest(directory: str | Path, expected: Manifest) -> Freshness:
     if reasons:
         return Freshness(False, "; ".join(reasons))
     return Freshness(True, "up to date")
+
+
+# -- keyed JSON caches -------------------------------------------------------------------------------------
+def read_cached(path: str | Path, key: Any, *, field: str = "value") -> Any | None:
+    """The value :func:`write_cached` stored at ``path`` for the same ``key``, else None.
+
+    A missing, unreadable or differently keyed file means "recompute", never an error.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("fingerprint") != fingerprint(key) or field not in raw:
+        return None
+    return raw[field]
+
+
+def write_cached(path: str | Path, key: Any, value: Any, *, field: str = "value", **extra: Any) -> None:
+    """Store ``value`` at ``path`` (atomically) under ``field``, with the ``key`` it was computed from and
+    its fingerprint (``extra``: more top-level fields for people reading the file)."""
+    atomic_write_json(path, {"fingerprint": fingerprint(key), "key": key, field: value, **extra})

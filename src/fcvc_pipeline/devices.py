@@ -1,24 +1,13 @@
-"""Shared configuration helpers: the work directory and device selection."""
+"""Device selection: ``--device auto|cpu|cuda|cuda:N`` checked and resolved the same way by every stage."""
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
+
+import torch
 
 from fcvc_pipeline.errors import ConfigError
-
-DEFAULT_WORKDIR = Path("fcvc-work")
-
-# Fixed locations inside a work directory; every stage reads and writes only these.
-FEATURES_DIRNAME = "features.zarr"
-VOCAB_DIRNAME = "vocab"
-RUNS_DIRNAME = "runs"
-
-
-def workdir_paths(workdir: str | Path) -> dict[str, Path]:
-    w = Path(workdir)
-    return {"features": w / FEATURES_DIRNAME, "vocab": w / VOCAB_DIRNAME, "runs": w / RUNS_DIRNAME}
-
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -32,8 +21,6 @@ def check_device_spec(spec: str) -> str | None:
 
 def resolve_device(spec: str = "auto"):
     """``auto`` -> first CUDA device when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    import torch
-
     problem = check_device_spec(spec)
     if problem:
         raise ConfigError(problem)
@@ -47,3 +34,11 @@ def resolve_device(spec: str = "auto"):
         if idx >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device(spec)
+
+
+def device_for_rank(spec: str) -> torch.device:
+    """As :func:`resolve_device`, except that ``auto`` under torchrun picks ``cuda:LOCAL_RANK``."""
+    local = os.environ.get("LOCAL_RANK")
+    if spec == "auto" and local is not None and local.isdigit() and torch.cuda.is_available():
+        return resolve_device(f"cuda:{int(local) % max(1, torch.cuda.device_count())}")
+    return resolve_device(spec)

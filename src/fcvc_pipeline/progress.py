@@ -7,6 +7,7 @@ import sys
 from typing import Iterable, TypeVar
 
 import click
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
@@ -51,7 +52,5 @@ def _bars_enabled() -> bool | None:
 
 def bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"):
     """A tqdm progress bar on stderr (shown on a terminal, hidden in logs unless FCVC_PROGRESS=1)."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=_bars_enabled(),
                 dynamic_ncols=True, leave=True)

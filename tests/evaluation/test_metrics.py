@@ -11,10 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from fcvc_pipeline.evaluation import metrics
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError
-from fcvc_pipeline.evaluation.metrics import (count_unk, format_score_table, java_available, ptb_tokenize,
-                                   python_tokenize, read_captions_file, sanitize_caption, score_captions)
+from fcvc_pipeline.evaluation import metrics
+from fcvc_pipeline.evaluation.metrics import (
+    count_unk,
+    format_score_table,
+    java_available,
+    ptb_tokenize,
+    python_tokenize,
+    read_captions_file,
+    sanitize_caption,
+    score_captions,
+)
 
 HAVE_JAVA = java_available()
 needs_java = pytest.mark.skipif(not HAVE_JAVA, reason="needs a Java runtime (pycocoevalcap's PTB tokenizer / METEOR)")

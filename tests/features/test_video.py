@@ -10,14 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fcvc_pipeline.errors import ConfigError
 from fcvc_pipeline.features.decode_pool import DecodePool
 from fcvc_pipeline.features.video import (
-    ClipSpec, DecodeError, DecodePlan, VideoSource, clip_windows, decode_video, list_videos, sample_indices,
+    ClipSpec,
+    DecodeError,
+    DecodePlan,
+    VideoSource,
+    clip_windows,
+    decode_video,
+    list_videos,
+    sample_indices,
 )
-from fcvc_pipeline.errors import ConfigError
 from tests.videos import (
-    frame_number, has_encoder, moving_square_frames, numbered_frames, write_audio_only, write_text_as_video,
-    write_truncated, write_video,
+    frame_number,
+    has_encoder,
+    moving_square_frames,
+    numbered_frames,
+    write_audio_only,
+    write_text_as_video,
+    write_truncated,
+    write_video,
 )
 
 C3D_CLIP = ClipSpec(length=16, stride=1, resize=(128, 171), crop=112)

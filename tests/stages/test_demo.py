@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fcvc_pipeline.cli import main
 from fcvc_pipeline.captions.synthetic import generate_sample
+from fcvc_pipeline.cli import main
 from fcvc_pipeline.errors import MismatchError
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.demo import DemoConfig, run_demo

@@ -16,11 +16,16 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.errors import ConfigError, MismatchError
+from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.stages.extract import ExtractConfig, extract_like, run_extract
 from tests.videos import (
-    has_encoder, moving_square_frames, random_frames, write_audio_only, write_text_as_video, write_truncated,
+    has_encoder,
+    moving_square_frames,
+    random_frames,
+    write_audio_only,
+    write_text_as_video,
+    write_truncated,
     write_video,
 )
 

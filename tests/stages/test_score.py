@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from fcvc_pipeline.evaluation import metrics
-from fcvc_pipeline.cli import main
 from fcvc_pipeline.captions.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
+from fcvc_pipeline.cli import main
+from fcvc_pipeline.evaluation import metrics
 from fcvc_pipeline.stages import score as score_stage
 from fcvc_pipeline.stages.score import ScoreConfig, run_score
 
@@ -114,9 +112,7 @@ def test_without_captions_it_captions_the_split_with_the_run(tmp_path, no_java, 
         out.parent.mkdir(parents=True, exist_ok=True)
         return _write(out, CAPTIONS)
 
-    fake = types.ModuleType("fcvc_pipeline.stages.caption")
-    fake.caption_split = fake_caption_split
-    monkeypatch.setitem(sys.modules, "fcvc_pipeline.stages.caption", fake)
+    monkeypatch.setattr(score_stage, "caption_split", fake_caption_split)
     result = run_score(ScoreConfig(workdir=workdir, run="fcvc-ta", beam_size=3, max_len=12, device="cpu"))
     assert calls == [(workdir, "fcvc-ta", "test", 3, 12, "cpu")]
     assert result.captions_file == workdir / "runs" / "fcvc-ta" / "captions" / "test-beam3.json"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fcvc_pipeline.cli import main
 from fcvc_pipeline.captions.synthetic import build_annotations, plan_sample, write_captions
 from fcvc_pipeline.captions.vocabulary import SPECIALS, load_captions, load_vocabulary
+from fcvc_pipeline.cli import main
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.stages.vocab import VocabConfig, build_vocabulary, run_vocab
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fcvc_pipeline.errors import MismatchError
-from fcvc_pipeline.training.losses import caption_loss
 from fcvc_pipeline.models import ModelConfig, ModelOutput
+from fcvc_pipeline.training.losses import caption_loss
 
 
 def _cfg(**kw):

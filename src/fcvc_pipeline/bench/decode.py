@@ -24,6 +24,9 @@ import torch
 from fcvc_pipeline import progress
 from fcvc_pipeline.bench.model_inputs import Shapes, random_videos, setup, shape_options, timed
 from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.errors import require
+from fcvc_pipeline.inference.decoding import generate, generate_full_recompute
+from fcvc_pipeline.models import build_model, canonical_model_name
 
 TARGET_RATIO = 3.0
 MODES = ("incremental", "prefix_recompute", "full_recompute")
@@ -72,10 +75,6 @@ class DecodeBenchResult:
 
 
 def run_decode_bench(cfg: DecodeBenchConfig) -> DecodeBenchResult:
-    from fcvc_pipeline.inference.decoding import generate, generate_full_recompute
-    from fcvc_pipeline.errors import require
-    from fcvc_pipeline.models import build_model, canonical_model_name
-
     require(cfg.validate())
     model_name = canonical_model_name(cfg.model)
     shapes = Shapes(**{**cfg.shapes.to_json(), "max_len": max(cfg.shapes.max_len, cfg.max_len)})

@@ -19,16 +19,27 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import click
 import numpy as np
+import torch
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.commands.common import run_and_exit
+from fcvc_pipeline.devices import device_for_rank
+from fcvc_pipeline.features.decode_pool import DecodePool
+from fcvc_pipeline.features.extraction import default_workers_and_batch
+from fcvc_pipeline.features.networks import prepare_backbones
+from fcvc_pipeline.features.settings import decode_plan
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.features.video import list_videos
+from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
 
 TARGET_RATIO = 0.85
 
 
 def _write_videos(folder: Path, count: int, frames: int, height: int, width: int, seed: int = 0) -> None:
     """Textured frames with a drifting pattern and a moving square, H.264 in mp4."""
-    import av
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -52,8 +63,6 @@ def _write_videos(folder: Path, count: int, frames: int, height: int, width: int
 
 
 def _sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -62,14 +71,6 @@ def _bare(store_path: Path, folder: Path, batch_size: int, workers: int, device,
     """Forward-only time of the store's networks on pre-decoded tensors of the e2e batch shapes.
 
     Uses the first ``max_videos`` videos (their tensors are all held in memory at once)."""
-    import torch
-
-    from fcvc_pipeline.features.store import FeatureStore
-    from fcvc_pipeline.features.decode_pool import DecodePool
-    from fcvc_pipeline.features.video import list_videos
-    from fcvc_pipeline.stages.extract import decode_plan
-    from fcvc_pipeline.features.networks import prepare_backbones
-
     store = FeatureStore.open(store_path, mode="a")
     settings = store.settings
     backbones = prepare_backbones(store, settings, {"inception": None, "clip": None}, device,
@@ -102,11 +103,8 @@ def _bare(store_path: Path, folder: Path, batch_size: int, workers: int, device,
 
 def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: int, c3d: bool, device: str,
              batch_size: int | None, workers: int | None, bare_videos: int) -> dict[str, Any]:
-    from fcvc_pipeline import progress
-    from fcvc_pipeline.stages.extract import ExtractConfig, _defaults, _device_for, run_extract
-
-    dev = _device_for(device)
-    workers_n, batch_n = _defaults(dev, workers, batch_size, frames)
+    dev = device_for_rank(device)
+    workers_n, batch_n = default_workers_and_batch(dev, workers, batch_size, frames)
     store = work / f"{label}.zarr"
     cfg = ExtractConfig(inputs=(folder,), store=store, frames=frames, frame_size=frame_size,
                         inception_weights="random", c3d_weights="random" if c3d else "none", device=device,
@@ -163,13 +161,7 @@ def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: i
 def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_size, device, batch_size, workers,
                   bare_videos, keep, json_out, verbose):
     """Extraction throughput (videos/s, frames/s) vs the bare backbone forward, with and without C3D."""
-    from fcvc_pipeline.commands.common import run_and_exit
-
     def run():
-        import torch
-
-        from fcvc_pipeline.stages.extract import _device_for
-
         w, h = (int(x) for x in video_size.lower().split("x"))
         with tempfile.TemporaryDirectory(prefix="fcvc-bench-extract-") as tmp:
             root = Path(keep) if keep else Path(tmp)
@@ -177,7 +169,7 @@ def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_si
             _write_videos(root / "videos", videos, video_frames, h, w)
             if c3d_videos:
                 _write_videos(root / "videos_c3d", c3d_videos, video_frames, h, w, seed=1)
-            dev = _device_for(device)
+            dev = device_for_rank(device)
             report: dict[str, Any] = {
                 "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 "torch_threads": torch.get_num_threads(), "frames_per_video": frames, "frame_size": frame_size,

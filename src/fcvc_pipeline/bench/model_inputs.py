@@ -8,6 +8,7 @@ which the benchmarks report).
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import click
 import torch
 
+from fcvc_pipeline.devices import resolve_device
 from fcvc_pipeline.models import ModelConfig, VideoBatch
 
 
@@ -63,8 +65,6 @@ def random_videos(shapes: Shapes, num_videos: int, device: torch.device, *, seed
 
 
 def setup(device_spec: str, threads: int | None) -> tuple[torch.device, dict[str, Any]]:
-    from fcvc_pipeline.workdir import resolve_device
-
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(device_spec)
@@ -82,8 +82,6 @@ class Timing:
 
     @staticmethod
     def median(timings: list["Timing"]) -> "Timing":
-        import statistics
-
         return Timing(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
 
 

@@ -25,13 +25,17 @@ import torch
 from fcvc_pipeline import progress
 from fcvc_pipeline.bench.model_inputs import Shapes, Timing, random_videos, setup, shape_options, timed
 from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.errors import require
+from fcvc_pipeline.models import ABLATION_ORDER, build_model, canonical_model_name
+from fcvc_pipeline.models.fcvc import choose_region_mode
+from fcvc_pipeline.training.losses import caption_loss
 
 PAPER_SECONDS_PER_10M = {"lstm": 203, "fcvc": 186, "fcvc-cf-ia": 253}  # Table 3 (per epoch, their GPU)
 
 
 @dataclass(frozen=True)
 class TrainBenchConfig:
-    models: tuple[str, ...] = ("lstm", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "fcvc-cf-ia")
+    models: tuple[str, ...] = ABLATION_ORDER
     captions: int = 60  # what the trainer packs into a 64-caption batch at 20 captions per video
     captions_per_video: int = 20
     steps: int = 5
@@ -85,10 +89,6 @@ class _Subject:
     """One model with its optimizer, ready to take timed training steps on the shared batch."""
 
     def __init__(self, name: str, cfg: TrainBenchConfig, device, videos, inputs, targets, video_index):
-        from fcvc_pipeline.training.losses import caption_loss
-        from fcvc_pipeline.models import build_model
-        from fcvc_pipeline.models.fcvc import choose_region_mode
-
         torch.manual_seed(cfg.seed)
         self.name, self.device = name, device
         self.model_cfg = cfg.shapes.model_config(name)
@@ -130,9 +130,6 @@ class _Subject:
 
 
 def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
-    from fcvc_pipeline.errors import require
-    from fcvc_pipeline.models import canonical_model_name
-
     require(cfg.validate())
     names = list(dict.fromkeys(canonical_model_name(m) for m in cfg.models))
     if "lstm" not in names:

@@ -43,9 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator
 
-from fcvc_pipeline.captions.splits import (MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split,
-                                       read_split_file)
-from fcvc_pipeline.captions.text import clean_reference
+from fcvc_pipeline.captions.splits import MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split, read_split_file
+from fcvc_pipeline.captions.text import clean_reference, read_text
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.naming import is_safe
 
@@ -78,24 +77,6 @@ class Annotations:
     videos_without_captions: list[str] = field(default_factory=list)  # listed, but no usable caption
     unsplit_videos: list[str] = field(default_factory=list)  # captioned, but no split: dropped
     unsafe_ids: list[str] = field(default_factory=list)  # ids that are not plain file names
-
-
-# -- reading text --------------------------------------------------------------------------------
-
-def read_text(path: str | Path) -> str:
-    """A file's text as UTF-8 (a BOM is allowed); a non-UTF-8 file is an error naming the line and byte."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a folder, expected an annotation file")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(path, f"not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start})",
-                         line=line, hint="convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
 def _json_error(path: Path, e: json.JSONDecodeError) -> InputError:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fcvc_pipeline.artifacts import file_fingerprint, fingerprint
+from fcvc_pipeline.captions.text import read_text
 from fcvc_pipeline.errors import InputError
 
 MSVD_CLIPS = 1970
@@ -160,7 +161,6 @@ def _read_text(path: Path, text: str) -> SplitSpec:
 
 def read_split_file(path: str | Path) -> SplitSpec:
     """Parse ``--split-file`` (a folder of clips, a text file or a JSON file); errors name the line."""
-    from fcvc_pipeline.captions.annotations import read_text  # one UTF-8 reader for every input file
 
     path = Path(path)
     if path.is_dir():

@@ -44,8 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import av
 import numpy as np
 
+from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.errors import ConfigError
 
@@ -321,8 +323,6 @@ def _yuv_frame(frame: np.ndarray):
     run, because the padding held leftovers of earlier frames. The conversion is done here too,
     rather than by FFmpeg's scaler inside PyAV's encode, for the same reason.
     """
-    import av
-
     h, w = frame.shape[:2]
     out = av.VideoFrame(w, h, "yuv420p")
     for plane, data in zip(out.planes, rgb_to_yuv420p(frame)):
@@ -334,8 +334,6 @@ def _yuv_frame(frame: np.ndarray):
 
 def write_mp4(path: Path, frames: np.ndarray, *, fps: int = DEFAULT_FPS, gop: int = 12, crf: int = 20) -> None:
     """H.264 (yuv420p) MP4, one keyframe every ``gop`` frames, single-threaded for reproducibility."""
-    import av
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
@@ -459,8 +457,6 @@ def generate_sample(out_dir: Path, *, n: int = DEFAULT_N, seed: int = 0, size: i
     for old in video_dir.glob("*.mp4"):
         if old.name not in wanted:
             old.unlink()
-
-    from fcvc_pipeline import progress
 
     items = progress.bar(specs, desc="sample videos", unit="video") if show_progress else specs
     for spec in items:

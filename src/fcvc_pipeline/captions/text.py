@@ -1,4 +1,5 @@
-"""Caption text: normalisation for training, clean-up of evaluation references, length statistics.
+"""Caption text: reading annotation files as UTF-8, normalisation for training, clean-up of evaluation
+references, length statistics.
 
 Two views of every caption exist and must not be confused:
 
@@ -19,7 +20,10 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from pathlib import Path
 from typing import Iterable, Sequence
+
+from fcvc_pipeline.errors import InputError
 
 # Apostrophe-like characters that join the letters around them instead of splitting the word.
 _APOSTROPHES = frozenset("'\u2019\u2018\u02bc`\u00b4")
@@ -84,3 +88,19 @@ def percentiles(values: Iterable[int], qs: Sequence[int] = (50, 90, 95, 99)) -> 
     out = {f"p{q}": ordered[max(0, math.ceil(q / 100 * n) - 1)] for q in qs}
     out["max"] = ordered[-1]
     return out
+
+
+def read_text(path: str | Path) -> str:
+    """A file's text as UTF-8 (a BOM is allowed); a non-UTF-8 file is an error naming the line and byte."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected an annotation file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(path, f"not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start})",
+                         line=line, hint="convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None

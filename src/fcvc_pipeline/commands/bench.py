@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fcvc_pipeline.cli import LazyGroup
-
 import click
+
+from fcvc_pipeline.cli import LazyGroup
 
 BENCHES: dict[str, str] = {
     "extract": "fcvc_pipeline.bench.extract:bench_extract",

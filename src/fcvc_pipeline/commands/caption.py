@@ -31,7 +31,7 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ..
       fcvc caption my_video.mp4
       fcvc caption clips/ --json --attention figures/
     """
-    from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
+    from fcvc_pipeline.stages.caption import CaptionConfig, run_caption  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     cfg = CaptionConfig(inputs=inputs, workdir=workdir, run=run_name, checkpoint=checkpoint, beam_size=beam_size,
                         max_len=max_len, attention=attention, device=device, workers=workers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import traceback
@@ -12,8 +11,8 @@ from typing import Any, Callable
 import click
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR
 from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, FcvcError
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR
 
 
 def common_options(f: Callable) -> Callable:
@@ -59,16 +58,6 @@ def run_and_exit(fn: Callable[[], Any], *, json_out: bool, verbose: bool) -> Non
     if json_out:
         click.echo(json.dumps(to_jsonable(result), indent=2, sort_keys=False, default=str))
     sys.exit(getattr(result, "exit_code", EXIT_OK))
-
-
-def stage_command(fn: Callable) -> Callable:
-    """Decorator for a command body that returns a zero-argument callable running the stage."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, json_out: bool, verbose: bool, **kwargs):
-        run_and_exit(lambda: fn(*args, **kwargs), json_out=json_out, verbose=verbose)
-
-    return wrapper
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:

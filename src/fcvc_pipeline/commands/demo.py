@@ -26,7 +26,7 @@ def demo(workdir: Path, json_out: bool, verbose: bool, data: Path | None, model:
     Offline and CPU-friendly: random Inception-V3 with re-estimated BatchNorm at 171x171, no C3D, d = 256.
     A second run reuses every cached artifact.
     """
-    from fcvc_pipeline.stages.demo import DemoConfig, run_demo
+    from fcvc_pipeline.stages.demo import DemoConfig, run_demo  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     cfg = DemoConfig(workdir=workdir, data=data, model=model, epochs=epochs, d_model=d_model, frames=frames,
                      frame_size=frame_size, device=device)

@@ -49,7 +49,7 @@ def extract(inputs, frames, frame_size, inception_weights, c3d_weights, clip_mod
     """
 
     def run():
-        from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
+        from fcvc_pipeline.stages.extract import ExtractConfig, run_extract  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
         cfg = ExtractConfig(inputs=tuple(inputs), workdir=workdir, store=store, frames=frames, frame_size=frame_size,
                             inception_weights=inception_weights, c3d_weights=c3d_weights, clip_model=clip_model,

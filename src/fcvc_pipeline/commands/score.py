@@ -37,7 +37,7 @@ def score(workdir: Path, json_out: bool, verbose: bool, run_name: str | None, sp
       fcvc score --run lstm --split val
       fcvc score --captions my-captions.json --json
     """
-    from fcvc_pipeline.stages.score import ScoreConfig, run_score
+    from fcvc_pipeline.stages.score import ScoreConfig, run_score  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     cfg = ScoreConfig(workdir=workdir, run=run_name, split=split, captions=captions_file, beam_size=beam_size,
                       max_len=max_len, device=device)

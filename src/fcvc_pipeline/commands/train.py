@@ -49,7 +49,9 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
       fcvc train --model all                       # every model of the paper's Table 4 + LSTM, then a score table
       torchrun --nproc-per-node 2 -m fcvc_pipeline train --device cuda
     """
-    from fcvc_pipeline.stages.train import TrainConfig, run_train
+    # deferred: torch loads only when the command runs, so --help stays instant
+    from fcvc_pipeline.stages.ablation import run_ablation  # noqa: PLC0415
+    from fcvc_pipeline.stages.train import ALL_MODELS, TrainConfig, run_train  # noqa: PLC0415
 
     cfg = TrainConfig(workdir=workdir, model=model, run=run_name, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
@@ -58,4 +60,5 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
                       precision=precision, device=device, resume=resume, force=force)
     # under torchrun only rank 0 prints the JSON document
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    run_and_exit(lambda: run_train(cfg), json_out=json_out and main_rank, verbose=verbose)
+    stage = run_ablation if model == ALL_MODELS else run_train
+    run_and_exit(lambda: stage(cfg), json_out=json_out and main_rank, verbose=verbose)

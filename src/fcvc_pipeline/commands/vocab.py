@@ -32,7 +32,7 @@ def vocab(annotations: Path, fmt: str, min_count: int, max_len: int, split_file:
     MSR-VTT videodatainfo.json, COCO-style caption JSON, and CSV/JSONL of
     video_id, caption[, split]. Writes WORKDIR/vocab/.
     """
-    from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
+    from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     cfg = VocabConfig(annotations=annotations, workdir=workdir, format=fmt, min_count=min_count,
                       max_len=max_len, split_file=split_file, force=force)

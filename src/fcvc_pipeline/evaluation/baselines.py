@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from pycocoevalcap.cider.cider import Cider
+
+from fcvc_pipeline.evaluation.metrics import java_available, ptb_tokenize, python_tokenize
+
 
 def best_constant_caption(candidates: Iterable[str], references: dict[str, list[str]], *,
                           limit: int = 2000) -> tuple[str, float]:
     """(caption, CIDEr) of the candidate that scores highest when given to every video."""
-    from pycocoevalcap.cider.cider import Cider
-
-    from fcvc_pipeline.evaluation.metrics import java_available, ptb_tokenize, python_tokenize
-
     unique = sorted(set(c for c in candidates if c.strip()))[:limit]
     if not unique or not references:
         raise ValueError("need at least one candidate caption and one referenced video")

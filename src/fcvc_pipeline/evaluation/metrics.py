@@ -37,6 +37,13 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer import ptbtokenizer
+
+from fcvc_pipeline import progress
 from fcvc_pipeline.errors import ConfigError, FcvcError, InputError, MismatchError
 
 METRIC_NAMES = ("bleu", "meteor", "rouge", "cider")
@@ -99,8 +106,6 @@ def count_unk(captions: Iterable[str]) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _ptb_module():
-    from pycocoevalcap.tokenizer import ptbtokenizer
-
     return ptbtokenizer
 
 
@@ -265,8 +270,6 @@ def _meteor_field(text: str) -> str:
 
 def _run_meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float | None, str | None]:
     """pycocoevalcap's METEOR under a time limit: (score, None) or (None, reason it failed)."""
-    from pycocoevalcap.meteor.meteor import Meteor
-
     try:
         meteor = Meteor()
     except OSError as e:
@@ -316,8 +319,6 @@ def _run_meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[f
 def _rouge_l(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
     """pycocoevalcap's ROUGE-L (mean of per-video scores); an empty caption scores 0 instead of
     dividing by zero (pycocoevalcap's ``calc_score`` would raise ZeroDivisionError)."""
-    from pycocoevalcap.rouge.rouge import Rouge
-
     rouge = Rouge()
     scores = [rouge.calc_score(res[v], gts[v]) if res[v][0] else 0.0 for v in gts]
     return float(sum(scores) / len(scores))
@@ -368,16 +369,12 @@ def score_captions(captions: Mapping[str, str], references: Mapping[str, Sequenc
     # BLEU's scorer prints its statistics on stdout: keep stdout clean for --json.
     with contextlib.redirect_stdout(io.StringIO()):
         if "bleu" in metrics:
-            from pycocoevalcap.bleu.bleu import Bleu
-
             bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
             for n in range(4):
                 out[f"Bleu_{n + 1}"] = float(bleu[n])
         if "rouge" in metrics:
             out["ROUGE_L"] = _rouge_l(gts, res)
         if "cider" in metrics:
-            from pycocoevalcap.cider.cider import Cider
-
             out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if "meteor" in metrics and java:
         meteor_res = {v: [_meteor_field(res[v][0])] for v in vids}
@@ -484,8 +481,6 @@ def read_captions_file(path: str | Path) -> dict[str, str]:
     ``video``. Items that report an ``error`` and carry no caption are skipped with a warning.
     Anything else is an :class:`InputError` naming the file and the position.
     """
-    from fcvc_pipeline import progress
-
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "no such captions file")

@@ -23,9 +23,11 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+from torchvision.models import Inception_V3_Weights, inception_v3
+from torchvision.models.feature_extraction import create_feature_extractor
 
-from fcvc_pipeline.features.video import ClipSpec
 from fcvc_pipeline.errors import ConfigError, InputError
+from fcvc_pipeline.features.video import ClipSpec
 
 FRAME_DIM = 2048
 INCEPTION_MIN_SIZE = 75
@@ -199,8 +201,6 @@ def inception_grid(frame_size: int) -> int:
 
 def imagenet_inception_state() -> tuple[dict[str, torch.Tensor], str]:
     """torchvision's ImageNet Inception-V3 state dict (from its cache, else downloaded) and its URL."""
-    from torchvision.models import Inception_V3_Weights
-
     weights = Inception_V3_Weights.IMAGENET1K_V1
     try:
         state = weights.get_state_dict(progress=False, check_hash=True)
@@ -220,8 +220,6 @@ def build_inception_v3(state: Mapping[str, torch.Tensor] | None = None, *, seed:
     truncated-normal init costs seconds and is rescaled by BatchNorm re-estimation anyway). The
     auxiliary classifier and ``fc`` are dropped afterwards.
     """
-    from torchvision.models import inception_v3
-
     aux = state is None or any(k.startswith("AuxLogits.") for k in state)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -244,7 +242,6 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        from torchvision.models.feature_extraction import create_feature_extractor
 
         nodes = {"Mixed_7c": "regions", "avgpool": "pooled"}
         self.body = create_feature_extractor(net, train_return_nodes=nodes, eval_return_nodes=nodes)
@@ -381,7 +378,9 @@ class HubClipFeatures(nn.Module):
 def build_hub_model(name: str, state: Mapping[str, torch.Tensor] | None = None, *, seed: int = 0,
                     source: str | Path = "<state dict>") -> HubClipFeatures:
     """A pytorchvideo model builder (never its transforms) with ``state`` loaded strictly, else seeded."""
-    import pytorchvideo.models.hub as hub  # builders only: pytorchvideo.transforms breaks with new torchvision
+    # deferred: only --clip-model x3d_m|slow_r50|r2plus1d_r50 needs pytorchvideo (builders only:
+    # pytorchvideo.transforms breaks with new torchvision)
+    import pytorchvideo.models.hub as hub  # noqa: PLC0415
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

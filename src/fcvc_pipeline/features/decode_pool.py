@@ -9,29 +9,33 @@ with its parent (PR_SET_PDEATHSIG) even when the parent is killed with -9.
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from fcvc_pipeline.features.video import DecodedVideo, DecodeError, DecodePlan, _first_line
+from fcvc_pipeline.features.video import DecodedVideo, DecodeError, DecodePlan, first_line
+
 
 def _resolve(spec: str) -> Callable[..., Any]:
-    import importlib
-
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def _die_with_parent() -> None:
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -46,7 +50,7 @@ def _quiet_native_logs() -> None:
     except OSError:
         pass
     try:
-        import av.logging
+        import av.logging  # noqa: PLC0415 -- only the worker process silences FFmpeg
 
         av.logging.set_level(av.logging.PANIC)
     except Exception:
@@ -55,8 +59,6 @@ def _quiet_native_logs() -> None:
 
 def worker_main(fd: int, decode_fn: str, quiet: bool) -> None:
     """Entry point of a decode worker process: decode each (task_id, path, plan) it is sent."""
-    from multiprocessing.connection import Connection
-
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     conn = Connection(fd)
@@ -78,7 +80,7 @@ def worker_main(fd: int, decode_fn: str, quiet: bool) -> None:
         except DecodeError as e:
             conn.send(("error", task_id, str(e)))
         except Exception as e:  # a decoder bug: still one video's failure, not the run's
-            conn.send(("error", task_id, f"{type(e).__name__}: {_first_line(e)}"))
+            conn.send(("error", task_id, f"{type(e).__name__}: {first_line(e)}"))
 
 
 @dataclass
@@ -98,12 +100,6 @@ class _Slot:
     """One worker process and what it is doing."""
 
     def __init__(self, decode_fn: str, quiet: bool, start_timeout: float = 60.0):
-        import socket
-        import subprocess
-        import sys
-        import tempfile
-        from multiprocessing.connection import Connection
-
         parent, child = socket.socketpair()
         self._err = tempfile.TemporaryFile()
         env = dict(os.environ)
@@ -209,8 +205,6 @@ class DecodePool:
 
     # -- scheduler thread ---------------------------------------------------------------------
     def _schedule(self, items: Iterator[Any], path_of, out: queue.Queue, room: threading.Semaphore) -> None:
-        from multiprocessing.connection import wait
-
         slots: list[_Slot] = []
         retry: deque[_Task] = deque()
         next_id = 0

@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fcvc_pipeline.features.store import Claim, FeatureStore
 from fcvc_pipeline.features.decode_pool import DecodePool
-from fcvc_pipeline.features.video import DecodedVideo, DecodePlan, VideoSource
 from fcvc_pipeline.features.networks import Backbones
+from fcvc_pipeline.features.store import Claim, FeatureStore
+from fcvc_pipeline.features.video import DecodedVideo, DecodePlan, VideoSource
 
 
 def source_stat(path: Path) -> dict[str, int] | None:

@@ -3,7 +3,7 @@
 The store's ``settings`` name the weights (``imagenet``, ``hub``, ``random:<seed>``,
 ``sha256:<file hash>``); its ``backbones`` group holds one record per network with everything needed
 to rebuild exactly that network later (a resumed run, an extended run, ``fcvc caption`` of a new
-video through :func:`fcvc_pipeline.stages.extract.extract_like`):
+video through :func:`fcvc_pipeline.features.extraction.extract_like`):
 
 - ``imagenet`` / ``hub``: the download URL; the weights come from torch's hub cache.
 - a PATH: the path and the file's sha256 (a changed file is refused).
@@ -25,15 +25,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import file_sha256
-from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError
 from fcvc_pipeline.features.backbones import (
-    CLIP_MODELS, ClipModelInfo, InceptionFeatures, WeightsChoice, batchnorm_state, build_clip_model,
-    build_inception_v3, calibrate_batchnorm, has_batchnorm, hub_state, imagenet_inception_state,
-    load_batchnorm_state, load_state_file, preprocess_clips, preprocess_frames, state_sha256,
+    CLIP_MODELS,
+    ClipModelInfo,
+    InceptionFeatures,
+    WeightsChoice,
+    batchnorm_state,
+    build_clip_model,
+    build_inception_v3,
+    calibrate_batchnorm,
+    has_batchnorm,
+    hub_state,
+    imagenet_inception_state,
+    load_batchnorm_state,
+    load_state_file,
+    preprocess_clips,
+    preprocess_frames,
+    state_sha256,
 )
-from fcvc_pipeline import progress
+from fcvc_pipeline.features.store import FeatureStore
 
 CALIBRATION_CHUNK = 16  # frames per BatchNorm calibration pass (fixed: the result must not depend on --batch-size)
 CLIP_CALIBRATION_CHUNK = 4
@@ -55,14 +68,6 @@ class CalibrationData:
             shown = "; ".join(f"{k}: {v}" for k, v in list(self.failures.items())[:3])
             text += f" ({len(self.failures)} video(s) could not be decoded: {shown})"
         return text
-
-
-def weights_label(choice: WeightsChoice, file_hash: str | None = None) -> str:
-    """The identity written in the store settings: imagenet | hub | random:<seed> | sha256:<hash>."""
-    if choice.kind == "path":
-        assert file_hash is not None
-        return f"sha256:{file_hash}"
-    return choice.label()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import zarr
 
 from fcvc_pipeline.artifacts import canonical_json, fingerprint
 from fcvc_pipeline.errors import MismatchError, MissingArtifactError
@@ -105,8 +106,6 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
-        import zarr
-
         path = Path(path)
         if not cls.exists(path):
             raise MissingArtifactError(f"no feature store at {path}", hint="run `fcvc extract VIDEOS...` first")
@@ -123,8 +122,6 @@ class FeatureStore:
         An existing store made with other settings is refused (a :class:`MismatchError` naming each
         differing field) unless ``force``, which deletes it first. Safe with concurrent callers.
         """
-        import zarr
-
         path = Path(path)
         with file_lock(path.with_name(path.name + ".lock")):
             if cls.exists(path) and force:
@@ -255,8 +252,6 @@ class FeatureStore:
         group.attrs.update({name: record})
 
     def get_blob(self, key: str) -> bytes:
-        import zarr
-
         try:
             arr = zarr.open_array(str(self.path / "backbones" / key), mode="r", zarr_format=3)
         except Exception as e:

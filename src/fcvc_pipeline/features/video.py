@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from fcvc_pipeline.errors import ConfigError
 
@@ -195,8 +196,6 @@ class DecodeError(Exception):
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
     if frame.shape[0] == height and frame.shape[1] == width:
         return frame
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
@@ -266,7 +265,7 @@ _NOISE = (
 )
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """A one-line, human reason from a decoder exception (C++ context and file names removed)."""
     text = str(e).strip() or type(e).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Stack trace", "[bt]"))]
@@ -277,7 +276,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _decode_decord(path: Path, plan: DecodePlan) -> DecodedVideo:
-    import decord
+    import decord  # noqa: PLC0415 -- decoder libraries load in the decode worker that uses them
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     total = len(vr)
@@ -298,12 +297,12 @@ def _decode_decord(path: Path, plan: DecodePlan) -> DecodedVideo:
 
 
 def _open_pyav(path: Path):
-    import av
+    import av  # noqa: PLC0415 -- decoder libraries load in the decode worker that uses them
 
     try:
         container = av.open(str(path), mode="r")
     except Exception as e:  # av.error.* subclasses OSError/ValueError
-        raise DecodeError(f"not a readable video file ({_first_line(e)})") from None
+        raise DecodeError(f"not a readable video file ({first_line(e)})") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
@@ -388,7 +387,7 @@ def decode_video(path: str | Path, plan: DecodePlan, *, on_stage: Callable[[str]
         except DecodeError as e:
             reason = str(e)
         except Exception as e:  # decord raises DECORDError / RuntimeError with C++ context
-            reason = f"decord: {_first_line(e)}"
+            reason = f"decord: {first_line(e)}"
         if plan.decoder == "decord":
             raise DecodeError(reason)
     if on_stage:
@@ -398,4 +397,4 @@ def decode_video(path: str | Path, plan: DecodePlan, *, on_stage: Callable[[str]
     except DecodeError as e:
         raise DecodeError(str(e)) from None
     except Exception as e:
-        raise DecodeError(f"PyAV: {_first_line(e)}") from None
+        raise DecodeError(f"PyAV: {first_line(e)}") from None

@@ -1,7 +1,13 @@
-"""Checkpoints: model config + vocabulary/feature identities + weights + optimizer/RNG/position.
+"""Checkpoint files: model config + vocabulary/feature identities + weights (+ the resume state in last.pt).
 
 A checkpoint is untrusted input: it is read with ``torch.load(..., weights_only=True)``, so it holds only
 tensors, numbers, strings, lists and dicts. Writes are atomic (temp file + ``os.replace``).
+
+Keys of every checkpoint (format 1): ``format``, ``model_config``, ``vocab``, ``vocab_fingerprint``,
+``store_settings_fingerprint``, ``store_path``, ``manifest_key``, ``state_dict``. ``best.pt`` adds the
+run's ``decoding`` (:class:`~fcvc_pipeline.inference.options.DecodingOptions` as JSON) once training has
+chosen it; ``last.pt`` adds the resume state (:class:`fcvc_pipeline.training.state.TrainState`).
+This file sits in ``inference/`` because captioning reads it and training uses the captioner.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from typing import Any
 import torch
 
 from fcvc_pipeline.artifacts import atomic_torch_save
-from fcvc_pipeline.errors import InputError, MissingArtifactError
+from fcvc_pipeline.captions.vocabulary import Vocabulary
+from fcvc_pipeline.errors import ConfigError, InputError, MissingArtifactError
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -34,19 +43,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, checkpoint dict) for captioning and scoring."""
-    ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt, path, device), ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"):
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> CaptionModel:
     """The model of an already loaded checkpoint, in eval mode (``path`` names it in errors)."""
-    from fcvc_pipeline.models import ModelConfig, build_model
-
     model = build_model(ModelConfig.from_json(ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise InputError(path, f"weights do not fit the model config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+def vocabulary_of(ckpt: dict[str, Any]) -> Vocabulary:
+    return Vocabulary.from_json(ckpt["vocab"])
+
+
+def decoding_of(ckpt: dict[str, Any], path: str | Path) -> DecodingOptions:
+    """The decoding a run chose (stored in best.pt), read back whole; defaults for older checkpoints."""
+    try:
+        return DecodingOptions.from_json(ckpt.get("decoding"))
+    except (ConfigError, TypeError) as e:  # a damaged or foreign entry names the file
+        raise InputError(path, f"unreadable decoding options ({e})") from None

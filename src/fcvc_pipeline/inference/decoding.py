@@ -36,8 +36,6 @@ from torch import Tensor
 from fcvc_pipeline.errors import ConfigError
 from fcvc_pipeline.models.state import VideoBatch
 
-DEFAULT_BEAM_SIZE = 5  # decoding of a run that has no beam size chosen on validation
-
 DECODE_REGION_MODE = "project"
 
 

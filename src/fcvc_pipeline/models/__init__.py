@@ -12,8 +12,17 @@ from fcvc_pipeline.models.base import CaptionModel
 from fcvc_pipeline.models.config import ModelConfig
 from fcvc_pipeline.models.registry import build_model
 from fcvc_pipeline.models.state import ModelOutput, Rows, StepOutput, VideoBatch
-from fcvc_pipeline.models.variants import (ABLATION_ORDER, DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, VARIANTS,
-                                           LayerPlan, Variant, canonical_model_name, variant)
+from fcvc_pipeline.models.variants import (
+    ABLATION_ORDER,
+    DEFAULT_MODEL,
+    MODEL_ALIASES,
+    MODEL_NAMES,
+    VARIANTS,
+    LayerPlan,
+    Variant,
+    canonical_model_name,
+    variant,
+)
 
 __all__ = [
     "ABLATION_ORDER", "CaptionModel", "DEFAULT_MODEL", "LayerPlan", "MODEL_ALIASES", "MODEL_NAMES", "ModelConfig",

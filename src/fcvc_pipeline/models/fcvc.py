@@ -31,8 +31,8 @@ from fcvc_pipeline.models.attention import InheritedAttention, RegionMemory, Tem
 from fcvc_pipeline.models.base import CaptionModel, VideoProjection, check_video_batch
 from fcvc_pipeline.models.causal_conv import CausalConv1d
 from fcvc_pipeline.models.config import ModelConfig
-from fcvc_pipeline.models.variants import LayerPlan
 from fcvc_pipeline.models.state import ModelOutput, Rows, StepOutput, VideoBatch, default_video_index
+from fcvc_pipeline.models.variants import LayerPlan
 
 SQRT_HALF = math.sqrt(0.5)
 REGION_MODES = ("auto", "project", "fold")

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from fcvc_pipeline.errors import MismatchError
+
 
 @dataclass
 class VideoBatch:
@@ -113,8 +115,6 @@ class Rows:
 
 def default_video_index(video_index: Tensor | None, rows: int, num_videos: int, device) -> Tensor:
     """``video_index`` checked, or ``arange(R)`` when it is None (then R must equal B)."""
-    from fcvc_pipeline.errors import MismatchError
-
     if video_index is None:
         if rows != num_videos:
             raise MismatchError(f"{rows} caption rows for {num_videos} videos: pass video_index to say which "

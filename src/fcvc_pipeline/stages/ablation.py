@@ -1,10 +1,11 @@
 """``fcvc train --model all``: the paper's Table 3/4 measured on your data.
 
-Trains every model (the five FCVC variants and the LSTM baseline) with the same data, seed and budget,
-scores each on the test split (pycocoevalcap; beam search with the beam size each run chose on its
-validation split), and writes the table in the paper's shape — BLEU-1..4, METEOR, ROUGE-L, CIDEr, #unk,
-the beam size and training seconds per 10M parameters — as
-``<workdir>/runs/ablation.md`` and ``ablation.json``.
+Composes the train stage with the split captioner: trains every model (the five FCVC variants and the LSTM
+baseline) with the same data, seed and budget (``stages/train.py``), captions the test videos that have
+features (``inference.captioner.caption_split``: beam search with the beam size each run chose on its
+validation split unless ``score_beam_size`` says otherwise), scores them with pycocoevalcap, and
+writes the table in the paper's shape — BLEU-1..4, METEOR, ROUGE-L, CIDEr, #unk, the beam size and
+training seconds per 10M parameters — as ``<workdir>/runs/ablation.md`` and ``ablation.json``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Any
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, atomic_write_text
-from fcvc_pipeline.workdir import workdir_paths
 from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
-
-# the paper's order: baseline first, headline model last
-ABLATION_ORDER = ("lstm", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "fcvc-cf-ia")
+from fcvc_pipeline.errors import require
+from fcvc_pipeline.evaluation.metrics import format_score_table, read_captions_file, score_captions
+from fcvc_pipeline.inference.captioner import caption_split
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.models import ABLATION_ORDER
+from fcvc_pipeline.stages.train import TrainConfig, run_train
+from fcvc_pipeline.workdir import Workdir
 
 
 @dataclasses.dataclass
@@ -32,21 +36,20 @@ class AblationResult:
         return {"rows": self.rows, **self.paths}
 
 
-def run_ablation(cfg) -> AblationResult:
-    from fcvc_pipeline.evaluation.metrics import format_score_table, score_captions, read_captions_file
-    from fcvc_pipeline.stages.caption import caption_split, run_beam_size
-    from fcvc_pipeline.stages.train import Trainer
-
-    paths = workdir_paths(cfg.workdir)
+def run_ablation(cfg: TrainConfig) -> AblationResult:
+    """Every model of ``ABLATION_ORDER`` with ``cfg``'s settings (``cfg.model`` is ignored; ``cfg.run``
+    prefixes the run names)."""
+    require(cfg.validate())
+    w = Workdir(cfg.workdir)
     prefix = f"{cfg.run}-" if cfg.run else ""
-    refs = references_by_video(load_captions(paths["vocab"], split="test"))
+    refs = references_by_video(load_captions(w.vocab, split="test"))
     rows, table_rows = [], []
     for name in ABLATION_ORDER:
         progress.log(f"== {name} ==")
-        result = Trainer(dataclasses.replace(cfg, model=name, run=f"{prefix}{name}")).run()
-        beam = run_beam_size(result.decoding, cfg.score_beam_size)
-        captions_file = caption_split(cfg.workdir, f"{prefix}{name}", "test", beam_size=beam, device=cfg.device)
-        captions = read_captions_file(captions_file)
+        run = f"{prefix}{name}"
+        result = run_train(dataclasses.replace(cfg, model=name, run=run))
+        beam = DecodingOptions.from_json(result.decoding).override(beam_size=cfg.score_beam_size).beam_size
+        captions = read_captions_file(caption_split(cfg.workdir, run, "test", beam_size=beam, device=cfg.device))
         scores = score_captions(captions, {v: refs[v] for v in captions})
         sec_per_10m = result.seconds_per_epoch / (result.parameters / 1e7) if result.seconds_per_epoch else None
         row = {"model": name, "run": str(result.run), **{k: v for k, v in scores.items() if k != "warnings"},
@@ -56,7 +59,7 @@ def run_ablation(cfg) -> AblationResult:
         rows.append(row)
         table_rows.append((name, {**scores, "beam": beam, "sec_per_10M_params": sec_per_10m}))
     table = format_score_table(table_rows, markdown=True)
-    md_path, json_path = paths["runs"] / "ablation.md", paths["runs"] / "ablation.json"
+    md_path, json_path = w.runs / "ablation.md", w.runs / "ablation.json"
     atomic_write_text(md_path, table + "\n")
     atomic_write_json(json_path, {"rows": rows, "seed": cfg.seed, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
                                   "score_beam_size": cfg.score_beam_size})

@@ -1,123 +1,44 @@
-"""Captioning with a trained run: a split of the feature store (for scoring) or new video files.
+"""``fcvc caption VIDEO...``: caption any video files, end to end.
 
-``caption_split`` captions the videos of one split from the features the model was trained on, and caches
-the result per (checkpoint, features, vocabulary, beam settings). ``run_caption`` (``fcvc caption``)
-extracts features of any video files with exactly the settings and backbone weights of the training
-features, then captions them.
+Features are extracted with exactly the settings and backbone weights of the features the model was trained
+on (``features.extraction.extract_like`` against the training store) into
+``<workdir>/caption-features/``, then captioned by the run's :class:`~fcvc_pipeline.inference.captioner.Captioner`
+with its stored decoding options (command-line options override them). Captioning a split of the work
+directory's store (for scoring) is ``inference.captioner.caption_split``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, fingerprint
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR, check_device_spec, resolve_device, workdir_paths
+from fcvc_pipeline.captions.vocabulary import Vocabulary
+from fcvc_pipeline.devices import check_device_spec, resolve_device
+from fcvc_pipeline.errors import MismatchError, MissingArtifactError, require
+from fcvc_pipeline.features.bank import load_feature_bank
+from fcvc_pipeline.features.extraction import extract_like
+from fcvc_pipeline.features.settings import decode_plan
 from fcvc_pipeline.features.store import FeatureStore
-from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.inference.decoding import DEFAULT_BEAM_SIZE
-from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError, require
-
-DEFAULT_RUN = "fcvc-cf-ia"
-
-
-def resolve_run(workdir: Path, run: str | None) -> Path:
-    """The run directory to use: the one named, else ``fcvc-cf-ia``, else the only run there is."""
-    runs = workdir_paths(workdir)["runs"]
-    if run is not None:
-        d = runs / run
-        if not (d / "best.pt").is_file():
-            have = sorted(p.name for p in runs.glob("*") if (p / "best.pt").is_file()) if runs.is_dir() else []
-            raise MissingArtifactError(f"no trained run '{run}' in {runs}" + (f" (runs: {', '.join(have)})" if have else ""),
-                                       hint="train it with `fcvc train --run NAME`")
-        return d
-    candidates = sorted(p for p in runs.glob("*") if (p / "best.pt").is_file()) if runs.is_dir() else []
-    if (runs / DEFAULT_RUN / "best.pt").is_file():
-        return runs / DEFAULT_RUN
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise MissingArtifactError(f"no trained run in {runs}", hint="run `fcvc train` first")
-    raise ConfigError(f"several runs in {runs} ({', '.join(p.name for p in candidates)}): pick one with --run NAME")
+from fcvc_pipeline.features.video import decode_video, list_videos
+from fcvc_pipeline.inference.captioner import Captioner
+from fcvc_pipeline.inference.figures import render_attention_figure
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 
-def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: Path) -> None:
-    if ckpt.get("vocab_fingerprint") != vocab.fingerprint():
-        raise MismatchError(f"{checkpoint_path} was trained with another vocabulary than the one in the work directory",
-                            hint="rerun `fcvc vocab` with the original annotations, or retrain")
-
-
-def run_beam_size(decoding: dict[str, Any] | None, beam_size: int | None = None) -> int:
-    """``beam_size`` when given, else the beam size a run chose on validation (``decoding``, stored in
-    best.pt and the run manifest by `fcvc train`), else DEFAULT_BEAM_SIZE (runs from before that choice)."""
-    if beam_size is not None:
-        return int(beam_size)
-    return int((decoding or {}).get("beam_size", DEFAULT_BEAM_SIZE))
-
-
-def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int | None = None,
-                  max_len: int | None = None, length_penalty: float = 1.0, device: str = "auto") -> Path:
-    """Caption every video of ``split`` that has features; returns the cached captions file (JSON list).
-
-    ``beam_size`` defaults to the run's own choice (:func:`run_beam_size`), ``max_len`` to the longest
-    caption the model was built for.
-    """
-    from fcvc_pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcvc_pipeline.training.batches import load_feature_bank
-    from fcvc_pipeline.inference.captioner import caption_bank
-
-    paths = workdir_paths(workdir)
-    run_dir = resolve_run(workdir, run)
-    ckpt_path = run_dir / "best.pt"
-    vocab = load_vocabulary(paths["vocab"])
-    store = FeatureStore.open(paths["features"])
-    rows = load_captions(paths["vocab"], split=split)
-    if not rows:
-        raise MissingArtifactError(f"the caption table has no '{split}' split", hint="splits are train, val and test")
-    have = set(store.completed_ids())
-    video_ids = sorted({r.video_id for r in rows} & have)
-    if not video_ids:
-        raise MismatchError(f"no '{split}' video has features in {paths['features']}", hint="run `fcvc extract` on them")
-    ckpt = None  # read once, and only when needed: for the run's beam size or on a cache miss
-    if beam_size is None:
-        ckpt = load_checkpoint(ckpt_path)
-        beam_size = run_beam_size(ckpt.get("decoding"))
-    key = {"checkpoint": file_sha256(ckpt_path), "features": store.content_fingerprint(), "vocab": vocab.fingerprint(),
-           "videos": video_ids, "beam_size": beam_size, "max_len": max_len, "length_penalty": length_penalty}
-    out = run_dir / "captions" / f"{split}-beam{beam_size}.json"
-    key_file = out.with_suffix(".key.json")
-    if out.is_file() and key_file.is_file() and json.loads(key_file.read_text()).get("key") == fingerprint(key):
-        progress.log(f"captions [{run_dir.name}/{split}]: up to date ({out})")
-        return out
-    dev = resolve_device(device)
-    ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt, ckpt_path, dev)
-    check_vocabulary(ckpt, vocab, ckpt_path)
-    if ckpt.get("store_settings_fingerprint") != store.settings_fingerprint:
-        raise MismatchError(f"{ckpt_path} was trained on features extracted with other settings than {paths['features']}")
-    bank = load_feature_bank(store, video_ids, regions=model.config.uses_regions)
-    progress.log(f"captioning {len(video_ids)} '{split}' videos with {run_dir.name} (beam {beam_size})")
-    hyps = caption_bank(model, bank, vocab, beam_size=beam_size, max_len=max_len or model.config.max_len,
-                        length_penalty=length_penalty, device=dev)
-    items = [{"video": v, "caption": vocab.decode(hyps[v].tokens), "score": float(hyps[v].score)} for v in video_ids]
-    atomic_write_json(out, items)
-    atomic_write_json(key_file, {"key": fingerprint(key), "detail": key})
-    return out
-
-
-# -- fcvc caption VIDEO... -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CaptionConfig:
     inputs: tuple[Path, ...]
     workdir: Path = DEFAULT_WORKDIR
     run: str | None = None
     checkpoint: Path | None = None  # overrides run
-    beam_size: int | None = None  # None: the run's validation-chosen beam (see run_beam_size)
+    # decoding: None keeps what the run stored (inference/options.py; the beam size chosen on validation)
+    beam_size: int | None = None
     max_len: int | None = None  # default: the model's longest caption
-    length_penalty: float = 1.0
+    length_penalty: float | None = None
     attention: Path | None = None  # directory for one attention figure per video
     device: str = "auto"
     workers: int | None = None
@@ -155,7 +76,7 @@ class CaptionResult:
 
 def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path) -> FeatureStore:
     """The store whose features the model was trained on: the work directory's, else the recorded one."""
-    for candidate in (workdir_paths(workdir)["features"], Path(ckpt.get("store_path", ""))):
+    for candidate in (Workdir(workdir).features, Path(ckpt.get("store_path", ""))):
         if str(candidate) and FeatureStore.exists(candidate):
             store = FeatureStore.open(candidate)
             if store.settings_fingerprint == ckpt.get("store_settings_fingerprint"):
@@ -169,20 +90,16 @@ def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path)
 
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
-    from fcvc_pipeline.training.checkpoint import load_model_from_checkpoint
-    from fcvc_pipeline.training.batches import load_feature_bank
-    from fcvc_pipeline.features.video import list_videos
-    from fcvc_pipeline.inference.captioner import caption_bank
-    from fcvc_pipeline.stages.extract import extract_like
-
-    require(cfg.validate())
+    require(cfg.validate() + DecodingOptions().override(beam_size=cfg.beam_size, max_len=cfg.max_len,
+                                                        length_penalty=cfg.length_penalty).problems())
+    w = Workdir(cfg.workdir)
     sources = list_videos(cfg.inputs)
-    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else resolve_run(cfg.workdir, cfg.run) / "best.pt"
-    dev = resolve_device(cfg.device)
-    model, ckpt = load_model_from_checkpoint(ckpt_path, dev)
-    vocab = Vocabulary.from_json(ckpt["vocab"])
-    ref = _reference_store(ckpt, cfg.workdir, ckpt_path)
-    out_store = Path(cfg.workdir) / "caption-features" / f"{ref.settings_fingerprint[:16]}.zarr"
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else w.resolve_run(cfg.run) / "best.pt"
+    captioner = Captioner.from_checkpoint(ckpt_path, resolve_device(cfg.device))
+    options = captioner.options.override(beam_size=cfg.beam_size, max_len=cfg.max_len,
+                                         length_penalty=cfg.length_penalty)
+    ref = _reference_store(captioner.checkpoint, cfg.workdir, ckpt_path)
+    out_store = w.caption_features / f"{ref.settings_fingerprint[:16]}.zarr"
     progress.log(f"caption: {len(sources)} video(s) with {ckpt_path} (features like {ref.path})")
     extracted = extract_like(ref.path, [s.path for s in sources], out_store, device=cfg.device, workers=cfg.workers)
     store = FeatureStore.open(out_store)
@@ -194,15 +111,14 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
     items: list[dict[str, Any]] = []
     figures: dict[str, str] = {}
     if done:
-        bank = load_feature_bank(store, [s.video_id for s in done], regions=model.config.uses_regions)
-        hyps = caption_bank(model, bank, vocab, beam_size=run_beam_size(ckpt.get("decoding"), cfg.beam_size),
-                            max_len=cfg.max_len or model.config.max_len, length_penalty=cfg.length_penalty, device=dev)
+        bank = load_feature_bank(store, [s.video_id for s in done], regions=captioner.model.config.uses_regions)
+        hyps = captioner.caption_bank(bank, options)
         for s in done:
             h = hyps[s.video_id]
-            items.append({"video": s.video_id, "path": str(s.path), "caption": vocab.decode(h.tokens),
+            items.append({"video": s.video_id, "path": str(s.path), "caption": captioner.text(h),
                           "score": float(h.score)})
         if cfg.attention is not None:
-            figures = _attention_figures(cfg.attention, done, hyps, vocab, ref.settings)
+            figures = _attention_figures(cfg.attention, done, hyps, captioner.vocab, ref.settings)
     for v, why in failed.items():
         progress.warn(f"{v}: {why}")
     return CaptionResult(items=items, failed=failed, checkpoint=str(ckpt_path), figures=figures)
@@ -210,11 +126,6 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
 
 def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary, settings: dict[str, Any]) -> dict[str, str]:
     """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap."""
-    from fcvc_pipeline.features.video import decode_video
-    from fcvc_pipeline.naming import safe_name
-    from fcvc_pipeline.stages.extract import decode_plan
-    from fcvc_pipeline.inference.figures import render_attention_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = decode_plan({**settings, "clip": None})

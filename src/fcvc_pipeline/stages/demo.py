@@ -12,16 +12,23 @@ files, end to end, with an attention figure each.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.artifacts import atomic_write_json, fingerprint
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR, workdir_paths
+from fcvc_pipeline.artifacts import read_cached, read_manifest, write_cached
+from fcvc_pipeline.captions.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
+from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
 from fcvc_pipeline.errors import MissingArtifactError
+from fcvc_pipeline.evaluation.baselines import best_constant_caption
+from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
+from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
+from fcvc_pipeline.stages.score import ScoreConfig, run_score
+from fcvc_pipeline.stages.train import TrainConfig, run_train
+from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,6 @@ class DemoResult:
 
 
 def _sample_dir(cfg: DemoConfig) -> Path:
-    from fcvc_pipeline.captions.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
-
     if cfg.data is not None:
         if not (Path(cfg.data) / "annotations.json").is_file():
             raise MissingArtifactError(f"{cfg.data} is not a sample directory (no annotations.json)",
@@ -76,36 +81,25 @@ def _sample_dir(cfg: DemoConfig) -> Path:
 
 def _constant_caption(workdir: Path) -> dict[str, Any]:
     """The best constant caption on the test split (cached against the caption table)."""
-    from fcvc_pipeline.artifacts import read_manifest
-    from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
-    from fcvc_pipeline.evaluation.baselines import best_constant_caption
-
-    vocab_dir = workdir_paths(workdir)["vocab"]
+    w = Workdir(workdir)
+    vocab_dir = w.vocab
     manifest = read_manifest(vocab_dir)
-    key = fingerprint({"vocab": manifest.fingerprint() if manifest else None})
-    cache = Path(workdir) / "demo" / "constant-caption.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
-            return cached["result"]
+    key = {"vocab": manifest.fingerprint() if manifest else None}
+    cache = w.demo / "constant-caption.json"
+    cached = read_cached(cache, key, field="result")
+    if cached is not None:
+        return cached
     rows = load_captions(vocab_dir)
     refs = references_by_video(r for r in rows if r.split == "test")
     caption, cider = best_constant_caption([r.caption for r in rows if r.split == "train"], refs)
     result = {"caption": caption, "CIDEr": cider}
-    atomic_write_json(cache, {"key": key, "result": result})
+    write_cached(cache, key, result, field="result")
     return result
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
-    from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
-    from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
-    from fcvc_pipeline.stages.score import ScoreConfig, run_score
-    from fcvc_pipeline.stages.train import TrainConfig, run_train
-    from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
-
     w = Path(cfg.workdir)
-    paths = workdir_paths(w)
+    wd = Workdir(w)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -128,13 +122,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                                                            device=cfg.device)))
     constant = stage("constant caption", lambda: _constant_caption(w))
 
-    rows = load_captions(paths["vocab"], split="test")
+    rows = load_captions(wd.vocab, split="test")
     refs = references_by_video(rows)
     show = sorted(refs)[: cfg.show]
     files = [data / "videos" / f"{v}.mp4" for v in show]
     captioned = stage("caption", lambda: run_caption(CaptionConfig(
         inputs=tuple(f for f in files if f.is_file()), workdir=w, run=trained.run.name,
-        attention=w / "demo" / "attention", device=cfg.device)))
+        attention=wd.demo / "attention", device=cfg.device)))
     seconds["total"] = round(time.perf_counter() - t_all, 2)
 
     examples = [{"video": it["video"], "caption": it["caption"], "references": refs.get(it["video"], [])[:2],
@@ -149,10 +143,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         progress.log(f"\n{ex['video']}\n  fcvc:       {ex['caption']}")
         for r in ex["references"]:
             progress.log(f"  reference:  {r}")
-    out_paths = {"workdir": str(w), "sample": str(data), "features": str(paths["features"]),
-                 "vocab": str(paths["vocab"]), "run": str(trained.run), "best_checkpoint": str(trained.best_checkpoint),
+    out_paths = {"workdir": str(w), "sample": str(data), "features": str(wd.features),
+                 "vocab": str(wd.vocab), "run": str(trained.run), "best_checkpoint": str(trained.best_checkpoint),
                  "captions": str(scored.captions_file), "scores": str(scored.scores_file),
-                 "attention_figures": str(w / "demo" / "attention")}
+                 "attention_figures": str(wd.demo / "attention")}
     progress.log("\n== artifacts ==")
     for k, v in out_paths.items():
         progress.log(f"  {k:18s} {v}")

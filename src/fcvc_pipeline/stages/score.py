@@ -1,24 +1,30 @@
 """``fcvc score``: caption a split with the best checkpoint (or take a captions file) and score it.
 
-References are the raw captions of the split from ``<workdir>/vocab/captions.jsonl``, never
-truncated. Scores are cached in a ``*.scores.json`` file keyed by the content of the captions file,
-the references, and the tokenizer used (PTB with Java, Python without): a rerun with the same
-inputs reads it back. The file lies next to the captions file when that is inside the work
-directory, else under ``<workdir>/scores/`` (a command writes only into its work directory).
+Config -> cached? -> engine: the split is captioned by ``inference.captioner.caption_split`` (itself cached),
+then scored by ``evaluation.metrics.score_captions``. References are the raw captions of the split from
+``<workdir>/vocab/captions.jsonl``, never truncated. Scores are cached in a ``*.scores.json`` file
+(``artifacts.read_cached``) keyed by the content of the captions file, the references, and the tokenizer
+used (PTB with Java, Python without): a rerun with the same inputs reads it back. The file lies next to the
+captions file when that is inside the work directory, else under ``<workdir>/scores/`` (a command writes
+only into its work directory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, fingerprint
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR, check_device_spec, workdir_paths
+from fcvc_pipeline.artifacts import file_sha256, fingerprint, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import SPLITS, load_captions, references_by_video
+from fcvc_pipeline.devices import check_device_spec
 from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
+from fcvc_pipeline.evaluation import metrics
+from fcvc_pipeline.inference.captioner import caption_split
 from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 STAGE = "score"
 VERSION = 1  # bump when the scoring changes what it produces
@@ -30,7 +36,7 @@ class ScoreConfig:
     run: str | None = None  # run under <workdir>/runs whose best checkpoint captions the split
     split: str = "test"
     captions: Path | None = None  # score this file instead of captioning the split
-    beam_size: int | None = None  # None: the run's validation-chosen beam (stages.caption.run_beam_size)
+    beam_size: int | None = None  # None: the run's validation-chosen beam (inference/options.py)
     max_len: int | None = None  # default: the model's longest caption
     device: str = "auto"
     use_java: bool | None = None  # None: use Java when available (see metrics.score_captions)
@@ -97,11 +103,8 @@ def _match_ids(captions: dict[str, str], references: dict[str, list[str]], path:
 
 
 def run_score(cfg: ScoreConfig) -> ScoreResult:
-    from fcvc_pipeline.evaluation.metrics import (format_score_table, java_available, read_captions_file,
-                                       score_captions)
-
     require(cfg.problems())
-    vocab_dir = workdir_paths(cfg.workdir)["vocab"]
+    vocab_dir = Workdir(cfg.workdir).vocab
     references = references_by_video(load_captions(vocab_dir, cfg.split))
     if not references:
         raise MissingArtifactError(f"the caption table in {vocab_dir} has no '{cfg.split}' captions",
@@ -111,37 +114,34 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
         captions_file = Path(cfg.captions)
         label = captions_file.stem
     else:
-        from fcvc_pipeline.stages.caption import caption_split
-
         captions_file = Path(caption_split(cfg.workdir, cfg.run, cfg.split, beam_size=cfg.beam_size,
                                            max_len=cfg.max_len, device=cfg.device))
         label = captions_file.parent.parent.name if captions_file.parent.name == "captions" else captions_file.stem
 
-    captions = _match_ids(read_captions_file(captions_file), references, captions_file)
-    use_java = java_available() if cfg.use_java is None else cfg.use_java
+    captions = _match_ids(metrics.read_captions_file(captions_file), references, captions_file)
+    use_java = metrics.java_available() if cfg.use_java is None else cfg.use_java
     key = {"stage": STAGE, "version": VERSION, "split": cfg.split, "captions": file_sha256(captions_file),
            "references": fingerprint(references), "tokenizer": "ptb" if use_java else "python",
            "pycocoevalcap": _package_version("pycocoevalcap")}
     scores_file = _scores_path(captions_file, cfg.workdir)
 
-    scores, cached = _read_cached(scores_file, key), True
+    scores, cached = read_cached(scores_file, key, field="scores"), True
     if scores is None:
         cached = False
         progress.log(f"scoring {len(captions)} '{cfg.split}' captions from {captions_file}")
         try:
-            scores = score_captions(captions, references, use_java=cfg.use_java)
+            scores = metrics.score_captions(captions, references, use_java=cfg.use_java)
         except MismatchError as e:
             raise InputError(captions_file, e.message,
                              hint=f"the file must caption exactly the {len(references)} '{cfg.split}' videos "
                                   f"of {vocab_dir}, keyed by video id") from None
-        atomic_write_json(scores_file, {"key": key, "fingerprint": fingerprint(key), "scores": scores,
-                                        "captions_file": str(captions_file)})
+        write_cached(scores_file, key, scores, field="scores", captions_file=str(captions_file))
     else:
         progress.log(f"scores [{cfg.split}]: up to date ({scores_file})")
 
     for message in scores.get("warnings", []):
         progress.warn(message)
-    table = format_score_table([(label, scores)], markdown=True)
+    table = metrics.format_score_table([(label, scores)], markdown=True)
     progress.log(table)
     progress.log(f"{scores['videos']} videos, tokenizer: {scores['tokenizer']}, scores saved to {scores_file}")
     return ScoreResult(scores=scores, captions_file=captions_file, scores_file=scores_file, split=cfg.split,
@@ -149,24 +149,7 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
 
 
 def _package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(name)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached scores when ``path`` holds scores made from the same inputs, else None."""
-    import json
-
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("fingerprint") != fingerprint(key) or not isinstance(raw.get("scores"), dict):
-            return None
-        return raw["scores"]
-    except (OSError, ValueError, AttributeError):
-        return None  # an unreadable cache is recomputed, never an error

@@ -21,15 +21,29 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.artifacts import (MANIFEST_NAME, Manifest, check_manifest, file_fingerprint, read_manifest,
-                                     write_manifest)
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR, workdir_paths
+from fcvc_pipeline.artifacts import (
+    MANIFEST_NAME,
+    Manifest,
+    check_manifest,
+    file_fingerprint,
+    read_manifest,
+    write_manifest,
+)
 from fcvc_pipeline.captions.annotations import FORMATS, Annotations, load_annotations
 from fcvc_pipeline.captions.splits import split_file_fingerprint
 from fcvc_pipeline.captions.text import normalize_caption, percentiles, truncate
-from fcvc_pipeline.captions.vocabulary import (CAPTIONS_FILE, SPECIALS, SPLITS, VOCAB_FILE, CaptionRow, Vocabulary,
-                                           save_vocab_dir)
-from fcvc_pipeline.errors import ConfigError, InputError, require
+from fcvc_pipeline.captions.vocabulary import (
+    CAPTIONS_FILE,
+    SPECIALS,
+    SPLITS,
+    VOCAB_FILE,
+    CaptionRow,
+    Vocabulary,
+    save_vocab_dir,
+)
+from fcvc_pipeline.errors import ConfigError, FcvcError, InputError, require
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 STAGE = "vocab"
 STAGE_VERSION = 1
@@ -150,10 +164,7 @@ def build_table(ann: Annotations, *, min_count: int, max_len: int) -> tuple[Voca
 
 def feature_report(workdir: Path, annotated: set[str]) -> dict[str, Any] | None:
     """Annotated videos without features and featured videos without captions, when a store exists."""
-    from fcvc_pipeline.features.store import FeatureStore
-    from fcvc_pipeline.errors import FcvcError
-
-    path = workdir_paths(workdir)["features"]
+    path = Workdir(workdir).features
     if not FeatureStore.exists(path):
         return None
     try:
@@ -232,7 +243,7 @@ def run_vocab(cfg: VocabConfig) -> VocabResult:
         raise InputError(ann_path, "no such file" if not ann_path.exists() else "not a file")
     if cfg.split_file is not None and not Path(cfg.split_file).exists():
         raise InputError(cfg.split_file, "no such file or folder (--split-file)")
-    out_dir = workdir_paths(cfg.workdir)["vocab"]
+    out_dir = Workdir(cfg.workdir).vocab
     expected = _expected_manifest(cfg)
 
     fresh = check_manifest(out_dir, expected)

@@ -1,4 +1,4 @@
-"""Training data in memory: features read once from the store, captions as token ids, video-grouped batches.
+"""Training batches: captions as token ids, tied to the rows of a feature bank, packed video by video.
 
 One example is one (video, caption) pair. Batches are built video by video: a batch holds *all* the
 captions of the videos in it (up to ``batch_size`` captions), so the model encodes each video once
@@ -12,60 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from fcvc_pipeline import progress
-from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary
 from fcvc_pipeline.errors import MismatchError
-
-
-@dataclass
-class FeatureBank:
-    """Features of a set of videos, stacked (kept in the store's dtype; cast per batch)."""
-
-    video_ids: list[str]
-    frames: torch.Tensor  # [V, N, frame_dim]
-    clips: torch.Tensor | None  # [V, N, clip_dim]
-    regions: torch.Tensor | None  # [V, N, M, region_dim]
-
-    def index(self) -> dict[str, int]:
-        return {v: i for i, v in enumerate(self.video_ids)}
-
-    def to(self, device: torch.device) -> "FeatureBank":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return FeatureBank(self.video_ids, move(self.frames), move(self.clips), move(self.regions))
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.frames, self.clips, self.regions) if t is not None)
-
-    def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32):
-        """The :class:`VideoBatch` of the videos at ``rows`` (indices into this bank)."""
-        from fcvc_pipeline.models import VideoBatch
-
-        pick = lambda t: None if t is None else t.index_select(0, rows.to(t.device)).to(dtype)  # noqa: E731
-        return VideoBatch(frames=pick(self.frames), clips=pick(self.clips), regions=pick(self.regions))
-
-
-def load_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions: bool) -> FeatureBank:
-    """Read the given (complete) videos from the store into memory, once."""
-    frames, clips, regs = [], [], []
-    for vid in progress.bar(video_ids, desc="loading features", unit="video"):
-        f = store.read_video(vid)
-        frames.append(f.frame_features)
-        clips.append(f.clip_features)
-        if regions:
-            if f.region_features is None:
-                raise MismatchError(f"video {vid!r} in {store.path} has no region features, which this model needs")
-            regs.append(f.region_features)
-    has_clips = all(c is not None for c in clips) and len(clips) > 0
-    return FeatureBank(
-        video_ids=list(video_ids),
-        frames=torch.from_numpy(np.stack(frames)),
-        clips=torch.from_numpy(np.stack(clips)) if has_clips else None,
-        regions=torch.from_numpy(np.stack(regs)) if regions else None,
-    )
+from fcvc_pipeline.features.store import FeatureStore
 
 
 @dataclass

@@ -1,0 +1,240 @@
+"""The extraction engine: a checked :class:`~fcvc_pipeline.features.settings.ExtractionJob` -> features
+in a store.
+
+:func:`run_extraction` opens (or creates) the store with the job's settings, skips every video that is
+complete and unchanged on disk, prepares the networks (``features/networks.py``: built, calibrated or
+reloaded exactly), and runs the decode -> forward -> write loop (``features/loop.py``) over the rest.
+:func:`extract_like` extracts new videos with exactly the settings and networks of an existing store
+(``fcvc caption``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.devices import device_for_rank
+from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, MismatchError
+from fcvc_pipeline.features.backbones import hub_state, imagenet_inception_state, parse_weights
+from fcvc_pipeline.features.decode_pool import DecodePool
+from fcvc_pipeline.features.loop import ExtractionLoop, video_status
+from fcvc_pipeline.features.networks import CalibrationData, prepare_backbones
+from fcvc_pipeline.features.settings import ExtractionJob, build_settings, clip_choice, decode_plan
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.features.video import DecodePlan, VideoSource, list_videos
+
+
+@dataclass
+class ExtractResult:
+    store: Path
+    completed: int = 0
+    up_to_date: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # video_id -> reason
+    failed_paths: dict[str, str] = field(default_factory=dict)  # video_id -> path
+    seconds: float = 0.0
+    in_progress_elsewhere: int = 0  # claimed by another writer during this run
+    frames: int = 0  # frames pushed through the frame backbone
+    compute_seconds: float = 0.0  # inside backbone forwards (incl. host<->device copies)
+    loop_seconds: float = 0.0  # decode + compute + write, after the networks were ready
+    device: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ITEM_FAILURES if self.failed else EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"store": str(self.store), "completed": self.completed, "up_to_date": self.up_to_date,
+                "failed": dict(self.failed), "seconds": round(self.seconds, 3),
+                "in_progress_elsewhere": self.in_progress_elsewhere}
+
+
+def default_workers_and_batch(device: torch.device, workers: int | None, batch_size: int | None, frames: int = 15) -> tuple[int, int]:
+    """Decode workers and frames per forward. The default batch holds whole videos (a multiple of
+    ``frames``: about 16 frames on CPU, 128 on CUDA), so every forward has the same shape."""
+    cpus = os.cpu_count() or 2
+    if device.type == "cuda":
+        return workers or max(1, min(16, cpus - 2)), batch_size or frames * max(1, 128 // frames)
+    return workers or max(1, min(8, cpus // 2)), batch_size or frames * max(1, round(16 / frames))
+
+
+def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
+                   settings: dict[str, Any] | None = None,
+                   path_overrides: dict[str, Path] | None = None) -> ExtractResult:
+    """Extract the job's videos (this shard's) into its store; with ``reference``, rebuild that store's
+    networks and use its ``settings`` instead of deriving them from the job."""
+    t0 = time.perf_counter()
+    device = device_for_rank(job.device)
+    settings = settings if settings is not None else build_settings(job)
+    store_path = job.store_path
+    grid = settings["region_grid"]
+    if settings["frame_size"] != 299:
+        progress.debug(f"frame size {settings['frame_size']} gives a {grid[0]}x{grid[1]} region grid "
+                       f"(the paper's 8x8 needs 299)")
+    if reference is None and (job.force or not FeatureStore.exists(store_path)):
+        _preflight(job)  # a missing download fails before a store is created with these settings
+    store = FeatureStore.create(store_path, settings, force=job.force)
+    result = ExtractResult(store=store_path, device=str(device))
+
+    mine = job.mine()
+    todo: list[VideoSource] = []
+    reasons: dict[str, int] = {}
+    for source in mine:
+        why = video_status(store, source)
+        if why is None:
+            result.up_to_date += 1
+        else:
+            todo.append(source)
+            reasons[why] = reasons.get(why, 0) + 1
+            if why != "new":
+                progress.debug(f"  {source.path}: {why}")
+    shard_note = f" (shard {job.shard[0]}/{job.shard[1]}: {len(mine)} of {len(job.sources)} videos)" if job.shard[1] > 1 else ""
+    if not todo:
+        progress.log(f"{store_path}: up to date ({result.up_to_date} videos){shard_note}")
+        result.seconds = time.perf_counter() - t0
+        return result
+    why_text = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
+    progress.log(f"{store_path}: extracting {len(todo)} videos ({why_text}); {result.up_to_date} up to date{shard_note}")
+
+    workers, batch_size = default_workers_and_batch(device, job.workers, job.batch_size, int(settings["frames"]))
+    plan = decode_plan(settings, job.decoder)
+
+    def calibration():
+        return calibration_data(job.sources, plan, job.calibration_frames, workers=workers, timeout=job.timeout)
+
+    choices = {"inception": job.inception, "clip": job.clip}
+    backbones = prepare_backbones(store, settings, choices, device, calibration, reference=reference,
+                                  path_overrides=path_overrides)
+    run_attrs = {"device": str(device), "precision": backbones.precision}
+    with progress.bar(total=len(todo), desc="extract", unit="video") as bar:
+        loop = ExtractionLoop(store, backbones, plan, workers=workers, timeout=job.timeout, batch_size=batch_size,
+                              clip_batch=max(1, batch_size // 4), dtype=settings["dtype"], bar=bar,
+                              run_attrs=run_attrs)
+        t_loop = time.perf_counter()
+        stats = loop.run(todo)
+        result.loop_seconds = time.perf_counter() - t_loop
+    result.completed = stats.completed
+    result.up_to_date += stats.late_up_to_date
+    result.in_progress_elsewhere = stats.busy
+    result.failed = {vid: reason for vid, (_, reason) in sorted(stats.failed.items())}
+    result.failed_paths = {vid: path for vid, (path, _) in sorted(stats.failed.items())}
+    result.frames = stats.frames
+    result.compute_seconds = stats.compute_seconds
+    result.seconds = time.perf_counter() - t0
+    _summary(result)
+    return result
+
+
+def _preflight(job: ExtractionJob) -> None:
+    """Fetch downloadable weights now (into torch's cache), so an offline machine fails early and cleanly."""
+    if job.inception.kind == "imagenet":
+        imagenet_inception_state()
+    if job.clip is not None and job.clip.kind == "hub":
+        hub_state(job.clip_model)
+
+
+def _summary(result: ExtractResult) -> None:
+    rate = result.completed / result.seconds if result.seconds > 0 else 0.0
+    parts = [f"extracted {result.completed} videos in {result.seconds:.1f} s ({rate:.2f} videos/s)",
+             f"{result.up_to_date} up to date"]
+    if result.in_progress_elsewhere:
+        parts.append(f"{result.in_progress_elsewhere} left to another running extraction")
+    if result.failed:
+        parts.append(f"{len(result.failed)} failed")
+    progress.log("; ".join(parts))
+    for vid, reason in result.failed.items():
+        progress.log(f"  failed: {result.failed_paths.get(vid, vid)}: {reason}")
+
+
+def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, device: str = "auto",
+                 workers: int | None = None, batch_size: int | None = None,
+                 weights_paths: dict[str, Path] | None = None, force: bool = False) -> ExtractResult:
+    """Extract ``inputs`` into ``out_store`` with the settings and the very same networks of ``reference_store``.
+
+    Random (calibrated) networks are rebuilt from the reference's records and saved BatchNorm
+    statistics (no corpus needed: works for a single video); ``imagenet``/``hub`` weights come from
+    torch's cache; a weights file must still hash to what was recorded (else :class:`MismatchError`);
+    ``weights_paths`` ({"inception"|"clip": path}) points at a moved weights file.
+    """
+    ref = FeatureStore.open(reference_store)
+    s = ref.settings
+    records = ref.backbone_records()
+    missing = [role for role in ("inception", "clip") if s.get(role) and role not in records]
+    if not s or missing:
+        raise MismatchError(f"{reference_store}: the store does not record its networks ({', '.join(missing) or 'settings'})",
+                            hint="re-extract the reference store with this version of fcvc")
+
+    def choice_of(role: str) -> str:
+        rec = records[role]
+        if rec.get("kind") == "path":
+            return str((weights_paths or {}).get(role) or rec["path"])
+        return rec["weights"]
+
+    clip = s.get("clip")
+    clip_model = clip["model"] if clip else "c3d"
+    job = ExtractionJob(sources=list_videos([Path(p) for p in inputs]), shard=(0, 1), store_path=Path(out_store),
+                        inception=parse_weights(_placeholder(records["inception"]), named=("imagenet",),
+                                                option="--inception-weights"),
+                        clip=clip_choice(_placeholder(records["clip"]), clip_model) if clip else None,
+                        clip_model=clip_model, frames=int(s["frames"]), frame_size=int(s["frame_size"]),
+                        dtype=s["dtype"], calibration_frames=int(s["inception"].get("calibration_frames", 64)),
+                        device=device, workers=workers, batch_size=batch_size, force=force)
+    # the settings must be the reference's, byte for byte (a weights file is checked by hash below)
+    return run_extraction(job, reference=ref, settings=dict(s),
+                          path_overrides={k: Path(v) for k, v in (weights_paths or {}).items()})
+
+
+def _placeholder(record: dict[str, Any]) -> str:
+    """A weights option value that passes validation; the network itself comes from the record."""
+    kind = record.get("kind")
+    if kind == "random":
+        return f"random:{int(record.get('seed', 0))}"
+    if kind in ("imagenet", "hub"):
+        return kind
+    return "random:0"  # a PATH: the file is located and hash-checked when the network is rebuilt
+
+
+def _placeholder(record: dict[str, Any]) -> str:
+    """A weights option value that passes validation; the network itself comes from the record."""
+    kind = record.get("kind")
+    if kind == "random":
+        return f"random:{int(record.get('seed', 0))}"
+    if kind in ("imagenet", "hub"):
+        return kind
+    return "random:0"  # a PATH: the file is located and hash-checked when the network is rebuilt
+
+
+def calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wanted: int, *, workers: int,
+                      timeout: float):
+    """Sampled frames (and clips) of the first videos of the whole input list, in list order."""
+    clips_wanted = max(2, frames_wanted // 8)
+    frames, clips, ids = [], [], []
+    failures: dict[str, str] = {}
+    pos = 0
+    while len(frames) < frames_wanted and pos < len(sources):
+        k = max(1, -(-(frames_wanted - len(frames)) // plan.frames)) + 1
+        chunk = sources[pos:pos + k]
+        pos += k
+        pool = DecodePool(plan, workers=min(workers, len(chunk)), timeout=timeout)
+        outcomes = {o.item.video_id: o for o in pool.imap(chunk)}
+        for source in chunk:
+            video = outcomes[source.video_id].video
+            if video is None:
+                failures[source.video_id] = outcomes[source.video_id].error or "?"
+                continue
+            if len(frames) >= frames_wanted:
+                continue
+            frames.extend(video.frames)
+            if video.clip_frames is not None and len(clips) < clips_wanted:
+                clips.extend(video.clip_frames[video.clip_index])
+            ids.append(source.video_id)
+    frames = frames[:frames_wanted]
+    clips = clips[:clips_wanted]
+    return CalibrationData(frames=np.stack(frames) if frames else np.zeros((0,), np.uint8),
+                           clips=np.stack(clips) if clips else None, video_ids=ids, failures=failures)

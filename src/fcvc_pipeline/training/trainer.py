@@ -1,0 +1,319 @@
+"""The training engine: a :class:`Trainer` over a :class:`~fcvc_pipeline.training.state.TrainState`.
+
+The loop in one paragraph: features are read from the store once (onto the GPU when they fit); each epoch
+shuffles the training *videos* with a generator seeded by (seed, epoch) and packs all captions of a video
+into the same batch, so the video is encoded once; AdamW with linear warm-up and cosine decay (a pure
+function of the global step, so resuming needs no scheduler object), gradient clipping, the Eq. 7 loss with
+its three terms logged (label smoothing on the NLL term by default), bf16 autocast where asked, and an
+exponential moving average of the weights. After each epoch the averaged weights are validated
+(:meth:`Trainer.evaluate`): validation loss, greedy validation captions scored with BLEU-4 and CIDEr, their
+``<unk>`` count; ``best.pt`` follows validation CIDEr, ``last.pt`` is written after it (and every
+``checkpoint_every`` steps), then ``metrics.jsonl``. When training ends, ``best.pt`` captions the
+validation split at each beam size of ``select_beams`` and keeps the best as the run's decoding.
+:meth:`Trainer.restore` puts back model, average, optimizer, RNG and the whole state, so an interrupted run
+ends with the same numbers as an uninterrupted one (bit for bit on CPU).
+
+The stage (``stages/train.py``) decides whether a run is fresh, resumed or up to date; this module trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.artifacts import atomic_write_text
+from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary, references_by_video
+from fcvc_pipeline.errors import MismatchError
+from fcvc_pipeline.evaluation.metrics import count_unk
+from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.inference.captioner import caption_and_score
+from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
+from fcvc_pipeline.training.batches import Batch, CaptionSet, build_caption_set, count_batches, make_batches
+from fcvc_pipeline.training.config import TrainConfig
+from fcvc_pipeline.training.distributed import Dist, barrier, broadcast_flag
+from fcvc_pipeline.training.losses import LossTerms, caption_loss
+from fcvc_pipeline.training.optim import WeightAverage, learning_rate
+from fcvc_pipeline.training.state import TrainState, accumulate, epoch_line, jsonl, means, zero_sums
+
+FAULT_ENV = "FCVC_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that optimizer step
+
+
+@dataclass
+class TrainData:
+    """What a run trains and validates on, in memory."""
+
+    vocab: Vocabulary
+    store: FeatureStore
+    store_path: Path
+    bank: FeatureBank
+    train_ids: list[str]
+    val_ids: list[str]
+    train_set: CaptionSet
+    val_set: CaptionSet
+    val_refs: dict[str, list[str]]
+
+
+def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureStore, store_path: Path,
+                    usable: list[str], model_cfg: ModelConfig, device: torch.device, main: bool) -> TrainData:
+    train_ids = sorted({r.video_id for r in rows if r.split == "train"} & set(usable))
+    val_ids = sorted({r.video_id for r in rows if r.split == "val"} & set(usable))
+    if not val_ids and main:
+        progress.warn("no validation video has captions and features: best.pt will follow the last epoch, "
+                      "and early stopping is off")
+    if not train_ids:
+        raise MismatchError("no training video has both captions and features",
+                            hint="check the split column of the annotations and run `fcvc extract` on the training videos")
+    bank = load_feature_bank(store, train_ids + val_ids, regions=model_cfg.uses_regions)
+    if device.type == "cuda" and bank.nbytes() < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        bank = bank.to(device)
+    index = bank.index()
+    return TrainData(vocab=vocab, store=store, store_path=store_path, bank=bank, train_ids=train_ids, val_ids=val_ids,
+                     train_set=build_caption_set([r for r in rows if r.split == "train"], vocab, index),
+                     val_set=build_caption_set([r for r in rows if r.split == "val"], vocab, index),
+                     val_refs=references_by_video(r for r in rows if r.split == "val" and r.video_id in index))
+
+
+class Trainer:
+    """Trains one run. ``fit()`` = optional :meth:`restore`, :meth:`train_epoch` until done,
+    :meth:`choose_decoding`."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, data: TrainData, run_dir: Path, *,
+                 dist: Dist, device: torch.device, manifest_key: str):
+        self.cfg, self.model_cfg, self.data, self.run_dir = cfg, model_cfg, data, run_dir
+        self.dist, self.device, self.manifest_key = dist, device, manifest_key
+        torch.manual_seed(cfg.seed)
+        self.model: CaptionModel = build_model(model_cfg).to(device)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.batches_per_epoch = count_batches(data.train_set, cfg.batch_size) // dist.world
+        self.total_steps = cfg.max_steps or cfg.epochs * max(1, self.batches_per_epoch)
+        self.state = TrainState()
+        self.net: torch.nn.Module = self.model
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    # .. the run .............................................................................................
+    def fit(self, *, resume: bool) -> tuple[TrainState, DecodingOptions | None]:
+        """Train to the end (resuming from last.pt when asked); returns the final state and, on the main
+        rank, the decoding chosen on validation."""
+        if resume:
+            self.restore(load_checkpoint(self.run_dir / "last.pt"))
+        else:
+            torch.manual_seed(self.cfg.seed + 1)  # dropout stream, independent of the initialisation
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.dist.main:
+            d = self.data
+            progress.log(f"train [{self.cfg.run_name}]: {self.cfg.model}, {self.parameters / 1e6:.2f}M parameters, "
+                         f"{len(d.train_ids)} train / {len(d.val_ids)} val videos, {len(d.train_set)} captions, "
+                         f"{self.batches_per_epoch} batches per epoch on {self.device}")
+        # a run resumed after it had already stopped (early stop or --max-steps) goes straight to the end
+        stop = (self.state.batch == 0 and self.out_of_patience()) or self.reached_max_steps()
+        while self.state.epoch < self.cfg.epochs and not stop:
+            stop = self.train_epoch()
+        decoding = self.choose_decoding() if self.dist.main else None
+        barrier(self.dist)
+        return self.state, decoding
+
+    def out_of_patience(self) -> bool:
+        """Early stopping: ``patience`` epochs have passed without a better validation CIDEr."""
+        s = self.state
+        return s.best_epoch is not None and s.epoch - s.best_epoch >= self.cfg.patience
+
+    def reached_max_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+
+    # .. one step, one epoch ...................................................................................
+    def train_step(self, b: Batch) -> LossTerms:
+        cfg, dev = self.cfg, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.state.step, base=cfg.lr, warmup=cfg.warmup_steps, total=self.total_steps)
+        videos = self.data.bank.batch(b.video_rows).to(dev)
+        with self.autocast:
+            out = self.net(videos, b.inputs.to(dev), b.video_index.to(dev))
+        terms = caption_loss(out, b.targets.to(dev), self.model_cfg, label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.state.step)
+        self.state.step += 1
+        return terms
+
+    def epoch_batches(self, epoch: int) -> list[Batch]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        batches = make_batches(self.data.train_set, self.cfg.batch_size, generator=gen, vocab=self.data.vocab)
+        if self.dist.enabled:
+            d = self.dist
+            batches = batches[: len(batches) - len(batches) % d.world][d.rank::d.world]
+        return batches
+
+    def train_epoch(self) -> bool:
+        """Train the epoch in progress from where the state stands; validate; save. True: stop training."""
+        cfg, s, main = self.cfg, self.state, self.dist.main
+        epoch = s.epoch
+        batches = self.epoch_batches(epoch)
+        if not s.batch:
+            s.sums = zero_sums()
+        self.model.train()
+        t0 = time.perf_counter()
+        stop = False
+        bar = progress.bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch") if main else None
+        if bar is not None:
+            bar.update(s.batch)
+        for i in range(s.batch, len(batches)):
+            terms = self.train_step(batches[i])
+            accumulate(s.sums, terms)
+            if bar is not None:
+                bar.set_postfix(loss=f"{terms.total.item():.3f}")
+                bar.update(1)
+            last_of_run = self.reached_max_steps()
+            if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and i + 1 < len(batches) \
+                    and not last_of_run and main:
+                elapsed = s.sums.get("seconds_before", 0.0) + time.perf_counter() - t0
+                s.batch = i + 1
+                self.save(self.run_dir / "last.pt", position=TrainState(
+                    epoch=epoch, batch=i + 1, step=s.step, sums={**s.sums, "seconds_before": elapsed},
+                    history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch))
+            fault_injection(s.step)
+            if last_of_run:
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0 + s.sums.get("seconds_before", 0.0)
+        record = {"epoch": epoch + 1, "step": s.step, "lr": self.optimizer.param_groups[0]["lr"],
+                  **means(s.sums), "seconds": seconds, "sec_per_10M_params": seconds / (self.parameters / 1e7)}
+        s.epoch, s.batch, s.sums = epoch + 1, 0, zero_sums()
+        if main:
+            stop = self.end_of_epoch(record) or stop
+        return broadcast_flag(stop, self.dist, self.device)
+
+    def end_of_epoch(self, record: dict[str, Any]) -> bool:
+        """Validate, keep best.pt, write last.pt and metrics.jsonl (main rank). True: out of patience."""
+        s = self.state
+        evaluated = self.ema.model if self.ema is not None else self.model
+        record.update(self.evaluate(evaluated))
+        improved = record.get("val_cider") is not None and (s.best_cider is None or record["val_cider"] > s.best_cider)
+        s.history.append(record)
+        if improved or record.get("val_cider") is None:  # no validation split: the latest is best
+            s.best_cider, s.best_epoch = record.get("val_cider"), record["epoch"]
+            self.save(self.run_dir / "best.pt", weights=evaluated)
+        stop = False
+        if self.out_of_patience():
+            progress.log(f"no better validation CIDEr for {self.cfg.patience} epochs: stopping")
+            stop = True
+        self.save(self.run_dir / "last.pt", position=s)
+        atomic_write_text(self.run_dir / "metrics.jsonl", jsonl(s.history))
+        progress.log(epoch_line(record))
+        return stop
+
+    # .. validation ..........................................................................................
+    @torch.no_grad()
+    def evaluate(self, model: CaptionModel) -> dict[str, Any]:
+        """Validation loss and greedy validation captions scored with BLEU-4 and CIDEr."""
+        d = self.data
+        if len(d.val_set) == 0:
+            return {}
+        model.eval()
+        sums = zero_sums()
+        for b in make_batches(d.val_set, self.cfg.batch_size, generator=None, vocab=d.vocab):
+            with self.autocast:
+                out = model(d.bank.batch(b.video_rows).to(self.device), b.inputs.to(self.device),
+                            b.video_index.to(self.device))
+            accumulate(sums, caption_loss(out, b.targets.to(self.device), self.model_cfg))
+        options = DecodingOptions(beam_size=self.cfg.val_beam_size, max_len=d.vocab.max_len)
+        captions, scores = caption_and_score(model, d.bank, d.vocab, d.val_refs, options, metrics=("bleu", "cider"),
+                                             device=self.device)
+        model.train()
+        averages = means(sums)
+        return {"val_loss": averages["train_loss"], "val_nll": averages["train_nll"], "val_cider": scores["CIDEr"],
+                "val_bleu4": scores["Bleu_4"], "val_unk": count_unk(captions.values())}
+
+    @torch.no_grad()
+    def choose_decoding(self) -> DecodingOptions:
+        """Caption the validation split with best.pt at each of ``select_beams``; keep the beam size with
+        the highest CIDEr (the smaller on a tie) and write it into best.pt as its ``decoding``."""
+        d = self.data
+        best_path = self.run_dir / "best.pt"
+        ckpt = load_checkpoint(best_path)
+        if not self.cfg.select_beams or not d.val_refs:
+            decoding = DecodingOptions()
+        else:
+            model = model_from_checkpoint(ckpt, best_path, self.device)
+            ciders: dict[str, float] = {}
+            for beam in sorted(set(self.cfg.select_beams)):
+                options = DecodingOptions(beam_size=beam, max_len=d.vocab.max_len)
+                _, scores = caption_and_score(model, d.bank, d.vocab, d.val_refs, options, metrics=("cider",),
+                                              device=self.device)
+                ciders[str(beam)] = scores["CIDEr"]
+            chosen = max(ciders, key=lambda b: (ciders[b], -int(b)))
+            decoding = DecodingOptions(beam_size=int(chosen), chosen_on="val", val_cider_by_beam=ciders)
+            progress.log("validation CIDEr by beam size: " + ", ".join(f"{b}: {c:.3f}" for b, c in ciders.items())
+                         + f" -> beam {chosen}")
+        save_checkpoint(best_path, {**ckpt, "decoding": decoding.to_json()})
+        return decoding
+
+    # .. checkpoints ...........................................................................................
+    def identity(self) -> dict[str, Any]:
+        """What every checkpoint of the run says about where it came from."""
+        d = self.data
+        return {"model_config": self.model_cfg.to_json(), "vocab": d.vocab.to_json(),
+                "vocab_fingerprint": d.vocab.fingerprint(), "store_settings_fingerprint": d.store.settings_fingerprint,
+                "store_path": str(d.store_path), "manifest_key": self.manifest_key}
+
+    def save(self, path: Path, *, position: TrainState | None = None, weights: torch.nn.Module | None = None) -> None:
+        """last.pt (``position``: the resume state with optimizer, average and RNG) or best.pt (``weights``:
+        the evaluated weights alone)."""
+        payload = {**self.identity(),
+                   "rng": {"torch": torch.get_rng_state(),
+                           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+        if position is not None:
+            payload.update(state_dict=self.model.state_dict(),
+                           ema_state_dict=self.ema.model.state_dict() if self.ema is not None else None,
+                           optimizer=self.optimizer.state_dict(), **position.to_checkpoint())
+        else:
+            assert weights is not None
+            payload.update(state_dict=weights.state_dict(), ema_state_dict=None, optimizer={}, position={},
+                           history=[], best={"cider": self.state.best_cider, "epoch": self.state.best_epoch},
+                           train_seconds=sum(h["seconds"] for h in self.state.history))
+        save_checkpoint(path, payload)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a last.pt written with the same settings and data."""
+        if ckpt.get("manifest_key") != self.manifest_key:
+            raise MismatchError(f"{self.run_dir / 'last.pt'} was written with other settings or data",
+                                hint="resume with the original options, or --force to start over")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(ckpt["ema_state_dict"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.state = TrainState.from_checkpoint(ckpt)
+        if self.dist.main:
+            s = self.state
+            progress.log(f"resuming '{self.cfg.run_name}' at epoch {s.epoch + 1}, batch {s.batch}, step {s.step}")
+
+
+def fault_injection(step: int) -> None:
+    """Test hook: ``FCVC_FAULT_KILL_AT_STEP=N`` kills this process (SIGKILL) right after step N."""
+    at = os.environ.get(FAULT_ENV)
+    if at and int(at) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
