@@ -1,4 +1,4 @@
-"""Sessions: ``tests`` (the CI suite), ``demo`` (the main job), ``bench`` (benchmarks).
+"""Sessions: ``tests`` (lint, then the CI suite), ``lint`` (ruff), ``demo`` (the main job), ``bench`` (benchmarks).
 
 Virtual environments live in ``~/.cache/fcvc/nox`` (``FCVC_NOX_ENVDIR`` overrides) and are reused:
 every session still runs ``pip install -c constraints.txt`` so a reused environment is brought to the
@@ -19,10 +19,22 @@ def install(session: nox.Session, extras: str = "") -> None:
     session.install("--no-deps", "--force-reinstall", ".")
 
 
+def ruff(session: nox.Session) -> None:
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: pyflakes, pycodestyle errors, import order, imports at top level (pyproject.toml)."""
+    session.install("-c", "constraints.txt", "ruff")
+    ruff(session)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (pass pytest options after --, e.g. ``nox -s tests -- -m 'not slow'``)."""
+    """Lint, then the test suite (pass pytest options after --, e.g. ``nox -s tests -- -m 'not slow'``)."""
     install(session, "[test]")
+    ruff(session)
     session.run("pytest", *session.posargs)
 
 

@@ -6,12 +6,10 @@ stage function; importing torch happens there, so ``fcvc --help`` stays instant.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import click
 
 from fcvc_pipeline import __version__
+from fcvc_pipeline.commands.common import LazyGroup
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
@@ -23,33 +21,6 @@ COMMANDS: dict[str, str] = {
     "demo": "fcvc_pipeline.commands.demo:demo",
     "bench": "fcvc_pipeline.commands.bench:bench",
 }
-
-
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
-
-    def __init__(self, *args, registry: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.registry = registry
-
-    def list_commands(self, ctx):
-        names = []
-        for name, target in self.registry.items():
-            if importlib.util.find_spec(target.split(":")[0]) is not None:
-                names.append(name)
-        return sorted(names)
-
-    def get_command(self, ctx, name):
-        target = self.registry.get(name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                return None
-            raise
 
 
 @click.group(cls=LazyGroup, registry=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

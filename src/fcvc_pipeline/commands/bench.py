@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fcvc_pipeline.cli import LazyGroup
+from fcvc_pipeline.commands.common import LazyGroup
 
 BENCHES: dict[str, str] = {
     "extract": "fcvc_pipeline.bench.extract:bench_extract",

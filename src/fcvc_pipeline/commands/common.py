@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 import traceback
@@ -66,3 +68,30 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, registry: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.registry = registry
+
+    def list_commands(self, ctx):
+        names = []
+        for name, target in self.registry.items():
+            if importlib.util.find_spec(target.split(":")[0]) is not None:
+                names.append(name)
+        return sorted(names)
+
+    def get_command(self, ctx, name):
+        target = self.registry.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                return None
+            raise
