@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Exit codes shared by every command (DESIGN.md section 4).
+# Exit codes shared by every command (README: "Shared conventions").
 EXIT_OK = 0
 EXIT_ITEM_FAILURES = 1  # the stage finished but some items (videos, files) failed; they are listed
 EXIT_USAGE = 2  # bad usage, configuration or input: nothing (more) was done

@@ -1,6 +1,6 @@
 """The feature store: one Zarr v3 group per video, so many processes can write one store safely.
 
-Layout (DESIGN.md section 4)::
+Layout (README: "The feature store")::
 
     features.zarr/                     attrs: format_version, settings, settings_fingerprint
       videos/<safe_name(video_id)>/    attrs: video_id, source, num_frames, fps, complete (written last)
