@@ -147,7 +147,7 @@ def test_nasty_captions_never_break_the_tokenizer_or_meteor():
     }
     hyps = {
         "a": "a man is playing\n a guitar ||| yes",
-        "b": "",  # empty caption: ROUGE-L would divide by zero in pycocoevalcap
+        "b": "",  # empty caption (scored as pycocoevalcap scores it, see the ROUGE-L tests below)
         "c": "caf\u00e9 \U0001F3B8 dog\t runs",
         "d": "a man\rrides a horse",  # a bare CR: a line break for Java's readLine
         "e": "!!! ... ,",  # only punctuation
@@ -168,6 +168,81 @@ def test_nasty_captions_never_break_the_tokenizer_or_meteor():
     clean = score_captions(clean_hyps, clean_refs, metrics=("bleu", "rouge", "cider"))
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
         assert out[key] == pytest.approx(clean[key], rel=1e-12), key
+
+
+# ROUGE-L on empty captions: video -> (caption, references, pycocoevalcap's ROUGE-L for that video).
+# pycocoevalcap splits with split(" "), so an empty caption is the one token "": it matches an empty
+# reference (1.0) and nothing else (0.0); there is no division by zero. The numbers were observed
+# with pycocoevalcap 1.2's Rouge.calc_score.
+ROUGE_EDGE_CASES = {
+    "empty_caption": ("", ["A cat is eating.", "the cat eats"], 0.0),
+    "empty_reference_only": ("a cat is eating", [""], 0.0),
+    "empty_and_real_reference": ("a cat is eating", ["...", "A cat eats."], 0.5865384615384615),
+    "both_empty": ("", [""], 1.0),
+    "empty_caption_one_empty_reference": ("", ["A cat is eating.", "..."], 1.0),
+    "punctuation_caption": (". , ... !", ["A dog runs.", "a dog is running"], 0.0),  # tokenises to ""
+    "punctuation_caption_and_reference": ("-- ; :", ["A dog runs.", "\"...\""], 1.0),
+}
+ROUGE_MIXED_CAPTIONS = HYPOTHESES | {v: c for v, (c, _, _) in ROUGE_EDGE_CASES.items()}
+ROUGE_MIXED_REFERENCES = REFERENCES | {v: list(r) for v, (_, r, _) in ROUGE_EDGE_CASES.items()}
+
+
+def _pycocoevalcap_rouge(captions, references, tokenize):
+    """pycocoevalcap's Rouge().compute_score on captions tokenised by ``tokenize``, in fcvc's video order."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    vids = sorted(captions)
+    gts = {v: tokenize(list(references[v])) for v in vids}
+    res = {v: tokenize([captions[v]]) for v in vids}
+    average, per_video = Rouge().compute_score(gts, res)
+    return float(average), dict(zip(vids, per_video.tolist()))
+
+
+def test_rouge_l_is_pycocoevalcap_compute_score_on_tokenised_input():
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {"a": ["a cat is eating", "the cat eats"], "b": [""], "c": ["a dog runs", ""], "d": [""],
+           "e": ["a man plays a guitar", "a person plays guitar"], "f": ["two men fight"]}
+    res = {"a": [""], "b": [""], "c": [""], "d": ["a dog"], "e": ["a man is playing a guitar"],
+           "f": ["two men are fighting"]}
+    expected, per_video = Rouge().compute_score(gts, res)
+    assert per_video.tolist()[:4] == [0.0, 1.0, 1.0, 0.0]  # empty vs empty matches, nothing else does
+    assert metrics._rouge_l(gts, res) == float(expected)  # exact: same arithmetic, same np.mean
+    for v in gts:  # and one video at a time
+        assert metrics._rouge_l({v: gts[v]}, {v: res[v]}) == Rouge().compute_score({v: gts[v]}, {v: res[v]})[0], v
+
+
+@pytest.mark.parametrize("case", sorted(ROUGE_EDGE_CASES))
+def test_rouge_l_edge_cases_equal_pycocoevalcap(case):
+    caption, refs, score = ROUGE_EDGE_CASES[case]
+    # the edge case alone, then with ordinary videos around it
+    for captions, references in (({case: caption}, {case: refs}),
+                                 (HYPOTHESES | {case: caption}, REFERENCES | {case: refs})):
+        ours = score_captions(captions, references, use_java=False, metrics=("rouge",))["ROUGE_L"]
+        direct, per_video = _pycocoevalcap_rouge(captions, references, python_tokenize)
+        assert per_video[case] == score
+        assert ours == direct, (case, len(captions))
+
+
+def test_rouge_l_mixed_set_equals_pycocoevalcap():
+    ours = score_captions(ROUGE_MIXED_CAPTIONS, ROUGE_MIXED_REFERENCES, use_java=False, metrics=("rouge",))
+    direct, per_video = _pycocoevalcap_rouge(ROUGE_MIXED_CAPTIONS, ROUGE_MIXED_REFERENCES, python_tokenize)
+    assert {v: per_video[v] for v in ROUGE_EDGE_CASES} == {v: s for v, (_, _, s) in ROUGE_EDGE_CASES.items()}
+    assert ours["ROUGE_L"] == direct
+
+
+@needs_java
+def test_rouge_l_mixed_set_equals_pycocoevalcap_with_its_ptb_tokenizer():
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    ours = score_captions(ROUGE_MIXED_CAPTIONS, ROUGE_MIXED_REFERENCES, metrics=("rouge",))
+    assert ours["tokenizer"] == "ptb"
+    tok = PTBTokenizer()  # pycocoevalcap end to end, as its README shows
+    gts = tok.tokenize({v: [{"caption": r} for r in refs] for v, refs in ROUGE_MIXED_REFERENCES.items()})
+    res = tok.tokenize({v: [{"caption": c}] for v, c in ROUGE_MIXED_CAPTIONS.items()})
+    direct, _ = Rouge().compute_score(gts, res)
+    assert ours["ROUGE_L"] == pytest.approx(float(direct), rel=1e-12, abs=1e-12)
 
 
 def test_metric_subset_starts_no_meteor(monkeypatch):

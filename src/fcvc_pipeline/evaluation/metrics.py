@@ -8,8 +8,10 @@ What this module adds around pycocoevalcap (whose scorers do the arithmetic, unc
   ``None`` and a warning says so. ``FCVC_NO_JAVA=1`` forces this path.
 - **Sanitised input.** Every caption goes through :func:`sanitize_caption` (no newline, carriage
   return or other control character can reach the Java programs, whose line protocols they would
-  break), METEOR's field separator ``|||`` is removed from references as well as hypotheses, and an
-  empty caption never reaches a division by zero.
+  break) and METEOR's field separator ``|||`` is removed from references as well as hypotheses.
+  Empty captions (or captions that are only punctuation) are scored as pycocoevalcap scores them:
+  its ROUGE-L does not divide by zero on them (it gives an empty caption 1.0 when one of the
+  references is empty too after tokenisation, else 0.0), and fcvc calls it unchanged.
 - **The PTB tokenizer is run with a temp file in a temp directory** (pycocoevalcap writes one into
   its own package directory, which fails on read-only installs); command, options and punctuation
   filter are pycocoevalcap's, so the tokens are the same (a test compares them).
@@ -317,11 +319,19 @@ def _run_meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[f
 
 
 def _rouge_l(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
-    """pycocoevalcap's ROUGE-L (mean of per-video scores); an empty caption scores 0 instead of
-    dividing by zero (pycocoevalcap's ``calc_score`` would raise ZeroDivisionError)."""
-    rouge = Rouge()
-    scores = [rouge.calc_score(res[v], gts[v]) if res[v][0] else 0.0 for v in gts]
-    return float(sum(scores) / len(scores))
+    """pycocoevalcap's ROUGE-L: ``Rouge().compute_score`` itself on the tokenised captions.
+
+    Nothing is special-cased, so the value is pycocoevalcap's to the last bit (including its
+    ``np.mean`` over the videos). Empty captions need no protection: pycocoevalcap splits with
+    ``str.split(" ")``, so ``""`` is the one token ``""``, never a division by zero. An empty
+    caption therefore scores 1.0 when one of its references is empty too (after tokenisation,
+    e.g. ``"..."``) and 0.0 otherwise; a non-empty caption gains nothing from an empty reference.
+    ``compute_score`` asserts the same video ids in both dicts, exactly one caption per video and
+    at least one reference per video: :func:`_check_keys` and :func:`score_captions` guarantee
+    all three (an empty reference list is a :class:`MismatchError`).
+    """
+    score, _ = Rouge().compute_score(gts, res)
+    return float(score)
 
 
 def score_captions(captions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,

@@ -27,7 +27,7 @@ from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 STAGE = "score"
-VERSION = 1  # bump when the scoring changes what it produces
+VERSION = 2  # bump when the scoring changes what it produces (2: ROUGE-L of empty captions as pycocoevalcap)
 
 
 @dataclass(frozen=True)
