@@ -24,6 +24,9 @@ from fcvc_pipeline.commands.common import common_options, parse_int_list, run_an
 @click.option("--d-model", type=int, default=None, help="Width of the model (default 512).")
 @click.option("--layers", type=int, default=None, help="Convolutional layers (default 4).")
 @click.option("--dropout", type=float, default=None)
+@click.option("--conv-mask", type=click.Choice(["paper", "causal"]), default=None,
+              help="The caption convolution's window: paper (kernel centred on t, right half masked: t-2..t for "
+                   "k = 5) or causal (ConvS2S: t-4..t). Default: the model's (see docs/models.md).")
 @click.option("--ema", "ema_decay", type=float, default=0.99, show_default=True,
               help="Validate, keep and caption with an exponential moving average of the weights (decay per step; 0: off).")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True,
@@ -39,7 +42,7 @@ from fcvc_pipeline.commands.common import common_options, parse_int_list, run_an
 @click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
 def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int, max_steps: int | None,
           batch_size: int, lr: float, seed: int, patience: int, checkpoint_every: int, d_model: int | None,
-          layers: int | None, dropout: float | None, ema_decay: float, label_smoothing: float, select_beams: str,
+          layers: int | None, dropout: float | None, conv_mask: str | None, ema_decay: float, label_smoothing: float, select_beams: str,
           precision: str, device: str, run_name: str | None, resume: bool, force: bool):
     """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
 
@@ -55,7 +58,7 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
 
     cfg = TrainConfig(workdir=workdir, model=model, run=run_name, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
-                      d_model=d_model, layers=layers, dropout=dropout, ema_decay=ema_decay,
+                      d_model=d_model, layers=layers, dropout=dropout, conv_mask=conv_mask, ema_decay=ema_decay,
                       label_smoothing=label_smoothing, select_beams=parse_int_list(select_beams, "--select-beams"),
                       precision=precision, device=device, resume=resume, force=force)
     # under torchrun only rank 0 prints the JSON document

@@ -24,10 +24,11 @@ from fcvc_pipeline.models.state import ModelOutput, StepOutput, VideoBatch
 
 
 class VideoProjection(nn.Module):
-    """f_n = W_f [pooled_n ; clip_n] + b -> d, written as two linears so absent clips simply drop out.
+    """f_n = W_f [pooled_n ; clip_n] + b (+ p_n) -> d, written as two linears so absent clips simply drop out.
 
     Without clip features (``clip_dim`` 0, or a batch with ``clips`` None) the clip half of the input is
-    zero, which is the same as leaving its term out.
+    zero, which is the same as leaving its term out. p_n is a learned frame-position embedding, present
+    when ``cfg.use_frame_positions`` (the FCVC family by default, not the LSTM).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -35,7 +36,8 @@ class VideoProjection(nn.Module):
         self.frame_dim, self.clip_dim = cfg.frame_dim, cfg.clip_dim
         self.frame = nn.Linear(cfg.frame_dim, cfg.d_model)
         self.clip = nn.Linear(cfg.clip_dim, cfg.d_model, bias=False) if cfg.clip_dim > 0 else None
-        self.position = nn.Parameter(0.02 * torch.randn(cfg.num_frames, cfg.d_model)) if cfg.frame_positions else None
+        self.position = (nn.Parameter(0.02 * torch.randn(cfg.num_frames, cfg.d_model))
+                         if cfg.use_frame_positions else None)
 
     def forward(self, videos: VideoBatch) -> Tensor:
         """-> [B, N, d]."""

@@ -13,6 +13,20 @@ from typing import Any
 from fcvc_pipeline.errors import ConfigError
 from fcvc_pipeline.models.variants import DEFAULT_MODEL, MODEL_NAMES, VARIANTS, LayerPlan, resolve_alias
 
+# How the caption-step convolution of every FCVC layer is masked (see models/causal_conv.py):
+#   "causal": ConvS2S-style, k taps on the steps t-(k-1)..t (left padding k-1).
+#   "paper":  the paper's reading -- a k-wide kernel centred on step t whose right half is masked, i.e.
+#             (k+1)//2 taps on the steps t-(k-1)//2..t (only those taps are stored).
+CONV_MASKS: tuple[str, ...] = ("causal", "paper")
+# What a saved config without a ``conv_mask`` key was trained with (every checkpoint written before the
+# field existed). Deliberately a separate constant from the field's default, which may change.
+LEGACY_CONV_MASK = "causal"
+
+
+def conv_taps(kernel_size: int, conv_mask: str) -> int:
+    """How many caption steps one conv output reads: k ("causal") or (k+1)//2 ("paper", t-(k-1)//2..t)."""
+    return (kernel_size + 1) // 2 if conv_mask == "paper" else kernel_size
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,6 +40,10 @@ class ModelConfig:
     d_model: int = 512
     layers: int = 4
     kernel_size: int = 5
+    # "causal" (window t-(k-1)..t) or "paper" (kernel centred on t, right half masked: t-(k-1)//2..t); see
+    # CONV_MASKS. The default stays "causal" until "paper" has been measured; configs saved without the
+    # key always load as "causal" (from_json), whatever this default becomes.
+    conv_mask: str = "causal"
     heads: int = 8
     dropout: float = 0.1
     max_len: int = 20  # longest caption in tokens (without <bos>/<eos>)
@@ -38,7 +56,11 @@ class ModelConfig:
     # A learned embedding of each frame's position added to f_n. Attention over frames is otherwise
     # blind to their order (and the mean g is by construction), so without clip features "moves left"
     # and "moves right" could only be told apart from where the object sits in single frames.
-    frame_positions: bool = True
+    # None = the variant's default, resolved on construction: on for the FCVC family, off for the LSTM, whose
+    # Eq. 1 input is f_t alone (it reads the frames in order). Saved configs hold the resolved bool; those
+    # saved before the LSTM default changed hold True for every variant, the LSTM included, so models rebuilt
+    # from those checkpoints keep the embedding their weights contain.
+    frame_positions: bool | None = None
     # Likewise a learned embedding of each grid cell added to the region features r_ij: without it IA's
     # context says *what* the attended regions hold but not *where* they are, and motion is invisible.
     region_positions: bool = True
@@ -50,6 +72,8 @@ class ModelConfig:
         canonical = resolve_alias(self.model)
         if canonical in VARIANTS:  # store the canonical name so saved configs never carry aliases
             object.__setattr__(self, "model", canonical)
+        if self.frame_positions is None:  # the variant's default (see the field)
+            object.__setattr__(self, "frame_positions", not self.is_lstm)
 
     # .. derived facts (from the variants table) ..............................................................
     @property
@@ -64,6 +88,17 @@ class ModelConfig:
     @property
     def is_lstm(self) -> bool:
         return self.model in VARIANTS and VARIANTS[self.model].lstm
+
+    @property
+    def use_frame_positions(self) -> bool:
+        """Whether f_n gets a learned frame-position embedding (``frame_positions``, resolved on construction:
+        True for the FCVC family, False for the LSTM unless set)."""
+        return bool(self.frame_positions)
+
+    @property
+    def conv_taps(self) -> int:
+        """Caption steps one conv output reads (k for "causal", (k+1)//2 for "paper")."""
+        return conv_taps(self.kernel_size, self.conv_mask)
 
     def layer_plan(self) -> tuple[LayerPlan, ...]:
         """The attention of each conv layer (lower half = the first ``ceil(layers / 2)`` layers)."""
@@ -87,6 +122,11 @@ class ModelConfig:
         for name in ("frame_dim", "num_regions", "num_frames", "d_model", "kernel_size", "heads", "max_len"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.conv_mask not in CONV_MASKS:
+            p.append(f"conv_mask: unknown value {self.conv_mask!r} (choose one of {', '.join(CONV_MASKS)})")
+        if self.frame_positions is not None and not isinstance(self.frame_positions, bool):
+            p.append(f"frame_positions must be true, false or null (= the variant's default; "
+                     f"got {self.frame_positions!r})")
         if self.clip_dim < 0:
             p.append(f"clip_dim must be >= 0 (0 = no clip features; got {self.clip_dim})")
         if self.uses_regions and self.region_dim < 1:
@@ -109,7 +149,10 @@ class ModelConfig:
         return p
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["conv_mask"] == LEGACY_CONV_MASK:  # written as before the field existed: same manifests
+            del out["conv_mask"]
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelConfig":
@@ -120,5 +163,10 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"model config has unknown field(s) {', '.join(unknown)} "
                               f"(written by a newer fcvc?)")
+        # Configs written before ``conv_mask`` existed were trained with the causal (ConvS2S) window. Fill
+        # that in explicitly rather than through the field's default: the default may later become "paper",
+        # and an old checkpoint must still rebuild the model its weights belong to.
+        if "conv_mask" not in d:
+            d = {**d, "conv_mask": LEGACY_CONV_MASK}
         return cls(**d)
 

@@ -2,12 +2,12 @@
 
 Input (Eq. 4): x_t = W_in [w_t ; g] + b_in + p_t -- the word embedding concatenated with the global
 feature g = mean_n f_n, projected to d, plus a learned position embedding p_t (ConvS2S does the same; the
-zero padding of the causal convolution only tells the first k-1 steps where they are).
+zero padding of the causal convolution only tells the first few steps where they are).
 
 Each of the L layers (ConvS2S block, residuals scaled by sqrt(1/2) to keep the variance steady):
 
-    y  = GLU(CausalConv(dropout(h)))                       # [R, T, d], step t sees steps t-k+1..t
-    c  = TA(y) and/or IA(y, alpha)                          # per the layer plan (models/config.py)
+    y  = GLU(CausalConv(dropout(h)))                       # [R, T, d], step t sees steps t-w+1..t
+    c  = TA(y) and/or IA(y, alpha)                          # per the layer plan (models/variants.py)
     y  = (y + c) * sqrt(1/2)                                # only when the layer attends
     h' = (y + h) * sqrt(1/2)
 
@@ -15,6 +15,10 @@ and the logits are W_out dropout(h_L). IA inherits alpha from the last TA layer 
 ``fcvc-cf-ia`` the top TA layer of the lower half feeds every IA layer; for ``fcvc-ia``/``fcvc-all`` each
 layer's own TA). The exposed ``frame_attn`` is that last TA layer's alpha, ``region_attn`` the last IA
 layer's beta -- the weights Eq. 7 penalises.
+
+The conv window w follows ``conv_mask`` (models/causal_conv.py): w = k for "causal" (ConvS2S; k = 5: steps
+t-4..t, so 4 layers see 17 steps back to t-16), w = (k+1)//2 for "paper" (the kernel centred on t with
+its right half masked; k = 5: t-2..t, 4 layers reach back to t-8). Attention never mixes steps.
 """
 
 from __future__ import annotations
@@ -60,9 +64,9 @@ class FcvcEncoded:
 
 @dataclass
 class FcvcState:
-    """Per row: each layer's window of its last k-1 inputs (None until the first step) and the position."""
+    """Per row: each layer's window of its last taps-1 inputs (None until the first step) and the position."""
 
-    windows: list[Tensor | None]  # per layer [R, k-1, d]
+    windows: list[Tensor | None]  # per layer [R, taps-1, d] (taps = k "causal", (k+1)//2 "paper")
     position: int  # index of the next input token (0 = <bos>)
     rows: Rows
 
@@ -89,7 +93,7 @@ class FcvcLayer(nn.Module):
         d = cfg.d_model
         self.plan, self.index = plan, index
         self.drop = nn.Dropout(cfg.dropout)
-        self.conv = CausalConv1d(d, 2 * d, cfg.kernel_size, dropout=cfg.dropout)
+        self.conv = CausalConv1d(d, 2 * d, cfg.kernel_size, dropout=cfg.dropout, mask=cfg.conv_mask)
         self.temporal = TemporalAttention(d, cfg.heads, with_context=plan.temporal_context) if plan.temporal else None
         self.inherited = InheritedAttention(d) if plan.inherited else None
 

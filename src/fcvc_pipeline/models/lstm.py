@@ -1,11 +1,16 @@
 """The paper's LSTM baseline (Eqs. 1-3): an LSTM encodes the frames, its final state starts the decoder.
 
-    f_n = W_f [pooled_n ; clip_n] + b                    (the same frame projection as FCVC)
+    f_n = W_f [pooled_n ; clip_n] + b                    (the same projection as FCVC, VideoProjection)
     h^enc_n = LSTM_enc(h^enc_{n-1}, f_n)                 Eq. 1
     h_0 = h^enc_N;  h_t = LSTM_dec(h_{t-1}, w_t)          Eq. 2 (every layer's (h, c) is handed over)
     p(y_t | V, y_<t) = softmax(W_out dropout(h_t))        Eq. 3 is its negative log-likelihood
 
-No attention: ``frame_attn`` and ``region_attn`` are None. The decoder state is the LSTM's (h, c).
+By default the encoder reads f_n exactly as Eq. 1 has it: no frame-position embedding (the LSTM reads the
+frames in order, so positions are redundant), i.e. ``ModelConfig.use_frame_positions`` is False for the
+LSTM. With ``frame_positions=True`` -- set explicitly, as in every config saved before the option became
+per-variant -- f_n gets FCVC's learned embedding p_n added (``video.position``, [num_frames, d]) and old
+checkpoints load unchanged. The word input is the embedding w_t alone (no position embedding, no global
+feature). No attention: ``frame_attn`` and ``region_attn`` are None. The decoder state is the LSTM's (h, c).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from fcvc_pipeline.training.trainer import Trainer, load_train_data
 from fcvc_pipeline.workdir import Workdir
 
 STAGE_VERSION = 2  # 2: best.pt carries the validation-chosen decoding
-MODEL_OVERRIDES = ("d_model", "layers", "heads", "kernel_size", "dropout", "attn_lambda", "attn_mu")
+MODEL_OVERRIDES = ("d_model", "layers", "heads", "kernel_size", "conv_mask", "dropout", "attn_lambda", "attn_mu")
 
 __all__ = ["ALL_MODELS", "PRECISIONS", "STAGE_VERSION", "TrainConfig", "TrainResult", "learning_rate", "run_train"]
 

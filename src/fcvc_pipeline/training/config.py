@@ -13,6 +13,7 @@ from typing import Any
 
 from fcvc_pipeline.devices import check_device_spec
 from fcvc_pipeline.models import MODEL_ALIASES, MODEL_NAMES, VARIANTS, canonical_model_name
+from fcvc_pipeline.models.config import CONV_MASKS
 from fcvc_pipeline.models.variants import resolve_alias
 from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR
@@ -55,6 +56,7 @@ class TrainConfig:
     layers: int | None = None
     heads: int | None = None
     kernel_size: int | None = None
+    conv_mask: str | None = None  # "paper" | "causal" (models/config.py)
     dropout: float | None = None
     attn_lambda: float | None = None
     attn_mu: float | None = None
@@ -98,6 +100,8 @@ class TrainConfig:
             problems.append("--patience must be at least 1")
         if self.run is not None and safe_name(self.run) != self.run:
             problems.append(f"--run must be a plain name (letters, digits, . _ -), got {self.run!r}")
+        if self.conv_mask is not None and self.conv_mask not in CONV_MASKS:
+            problems.append(f"--conv-mask must be one of {', '.join(CONV_MASKS)} (got {self.conv_mask!r})")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
         return problems
@@ -112,4 +116,7 @@ class TrainConfig:
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
         skip = {"workdir", "device", "resume", "force", "run", "score_beam_size"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        # fields added later are left out while unset, so the manifests of older runs stay up to date
+        unset_is_absent = {"conv_mask"}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in skip and not (k in unset_is_absent and v is None)}
