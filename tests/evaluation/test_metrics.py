@@ -407,3 +407,15 @@ def test_read_captions_file_missing_and_jsonl_line_number(tmp_path):
     with pytest.raises(InputError) as err:
         read_captions_file(path)
     assert err.value.line == 3
+
+
+def test_the_table_says_which_backbone_weights_the_features_came_from():
+    scores = {"Bleu_4": 0.5, "METEOR": 0.3, "ROUGE_L": 0.6, "CIDEr": 1.2, "unk_count": 0}
+    plain = metrics.format_score_table([("m", scores)])
+    assert "features:" not in plain  # unknown origin (a --captions file): nothing claimed
+    random = metrics.format_score_table([("m", scores)], features={"inception": "random:0", "clip": None})
+    assert random.startswith(plain)
+    assert "Inception-V3 random:0, clips none" in random and "RANDOM backbone weights" in random
+    pretrained = metrics.format_score_table([("m", scores)], features={"inception": "imagenet", "clip": "sha256:ab"})
+    assert "Inception-V3 imagenet, clips sha256:ab" in pretrained and "RANDOM" not in pretrained
+    assert "RANDOM" in metrics.features_note({"inception": "imagenet", "clip": "random:3"})

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from fcvc_pipeline.captions.synthetic import generate_sample
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.errors import MismatchError
+from fcvc_pipeline.inference.checkpoint import load_checkpoint
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.demo import DemoConfig, run_demo
 
@@ -36,6 +37,12 @@ def test_demo_runs_every_stage_and_reports(demo_run):
     for key in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"):
         assert key in first.scores
     assert first.constant_caption["CIDEr"] >= 0 and first.constant_caption["caption"]
+    # results on random-backbone features say so: in the JSON, the scores file and the printed table
+    assert first.features == {"inception": "random:0", "clip": None}
+    scores_doc = json.loads(Path(first.paths["scores"]).read_text())
+    assert scores_doc["features"] == first.features
+    ckpt = load_checkpoint(first.paths["best_checkpoint"])
+    assert ckpt["features_identity"] == first.features
     assert len(first.examples) == 2
     for ex in first.examples:
         assert ex["caption"] is not None and len(ex["references"]) == 2

@@ -426,11 +426,30 @@ def _cell(value: Any, *, scale: bool) -> str:
     return str(value)
 
 
-def format_score_table(rows: list[tuple[str, dict]], *, markdown: bool = True) -> str:
+def features_note(identity: Mapping[str, str | None] | None) -> str | None:
+    """One line saying which backbone weights the scored features came from (None when unknown).
+
+    ``identity`` is ``features.settings.weights_identity`` of the store: ``{"inception": ..., "clip": ...}``.
+    Random weights (``random:<seed>``, the offline test mode) are called out: such scores measure the
+    pipeline, not what the paper's pretrained features give.
+    """
+    if not identity:
+        return None
+    inception, clip = identity.get("inception"), identity.get("clip")
+    note = f"features: Inception-V3 {inception}, clips {clip or 'none'}"
+    if any(str(v).startswith("random") for v in (inception, clip) if v):
+        note += (" -- RANDOM backbone weights (offline test mode): not comparable with results on pretrained "
+                 "features such as the paper's")
+    return note
+
+
+def format_score_table(rows: list[tuple[str, dict]], *, markdown: bool = True,
+                       features: Mapping[str, str | None] | None = None) -> str:
     """The paper-style table: one row per (model, scores); metrics x100 with one decimal, then #unk.
 
     Extra scalar keys in the dicts (e.g. ``sec_per_10M_params``) become extra columns, unscaled,
-    in order of first appearance; a missing or None value prints as ``n/a``.
+    in order of first appearance; a missing or None value prints as ``n/a``. ``features`` (the store's
+    weights identity) adds a line under the table saying which backbone weights the features came from.
     """
     known = {k for _, k in _TABLE_COLUMNS} | _NOT_COLUMNS
     extra: list[str] = []
@@ -458,6 +477,9 @@ def format_score_table(rows: list[tuple[str, dict]], *, markdown: bool = True) -
     else:
         lines.append("  ".join("-" * w for w in widths))
     lines += [fmt(r) for r in body]
+    note = features_note(features)
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 

@@ -112,6 +112,14 @@ def weights_label(choice: WeightsChoice) -> str:
     return f"sha256:{_HASHES[key]}"
 
 
+def weights_identity(settings: dict[str, Any]) -> dict[str, str | None]:
+    """Which weights a store's features come from: ``{"inception": "imagenet" | "random:<seed>" |
+    "sha256:<file hash>", "clip": ... | None}`` (None: no clip features). Carried into checkpoints and
+    score reports, so a result computed on random-backbone features always says so."""
+    clip = settings.get("clip") or {}
+    return {"inception": (settings.get("inception") or {}).get("weights"), "clip": clip.get("weights")}
+
+
 def decode_plan(settings: dict[str, Any], decoder: str = "auto") -> DecodePlan:
     clip = CLIP_MODELS[settings["clip"]["model"]].clip if settings.get("clip") else None
     return DecodePlan(frames=int(settings["frames"]), frame_size=int(settings["frame_size"]), clip=clip,

@@ -18,6 +18,8 @@ from fcvc_pipeline.artifacts import atomic_write_json, atomic_write_text
 from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
 from fcvc_pipeline.errors import require
 from fcvc_pipeline.evaluation.metrics import format_score_table, read_captions_file, score_captions
+from fcvc_pipeline.features.settings import weights_identity
+from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.captioner import caption_split
 from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.models import ABLATION_ORDER
@@ -58,11 +60,12 @@ def run_ablation(cfg: TrainConfig) -> AblationResult:
                "best_val_cider": result.best_val_cider, "beam_size": beam}
         rows.append(row)
         table_rows.append((name, {**scores, "beam": beam, "sec_per_10M_params": sec_per_10m}))
-    table = format_score_table(table_rows, markdown=True)
+    features = weights_identity(FeatureStore.open(w.features).settings)
+    table = format_score_table(table_rows, markdown=True, features=features)
     md_path, json_path = w.runs / "ablation.md", w.runs / "ablation.json"
     atomic_write_text(md_path, table + "\n")
     atomic_write_json(json_path, {"rows": rows, "seed": cfg.seed, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
-                                  "score_beam_size": cfg.score_beam_size})
+                                  "score_beam_size": cfg.score_beam_size, "features": features})
     progress.log(table)
     progress.log(f"table written to {md_path} and {json_path}")
     return AblationResult(table_markdown=table, rows=rows, paths={"markdown": str(md_path), "json": str(json_path)})

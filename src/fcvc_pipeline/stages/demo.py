@@ -58,8 +58,10 @@ class DemoResult:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each stage did (or reused)
     exit_code: int = 0
 
+    features: dict[str, str | None] | None = None  # the backbone weights identity of the features
+
     def to_json(self) -> dict[str, Any]:
-        return {"scores": self.scores, "constant_caption": self.constant_caption, "examples": self.examples,
+        return {"scores": self.scores, "features": self.features, "constant_caption": self.constant_caption, "examples": self.examples,
                 "seconds": self.seconds, "paths": self.paths, "stages": self.stages}
 
 
@@ -152,7 +154,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         progress.log(f"  {k:18s} {v}")
     progress.log(f"\ndemo finished in {seconds['total']:.0f}s (" + ", ".join(
         f"{k} {v:.0f}s" for k, v in seconds.items() if k != "total") + ")")
-    return DemoResult(scores={k: v for k, v in scored.scores.items() if k != "warnings"},
+    return DemoResult(scores={k: v for k, v in scored.scores.items() if k != "warnings"}, features=scored.features,
                       constant_caption={**constant, "ratio": ratio}, examples=examples, seconds=seconds,
                       paths=out_paths, exit_code=max(extract.exit_code, captioned.exit_code),
                       stages={"extract": {"completed": extract.completed, "up_to_date": extract.up_to_date,

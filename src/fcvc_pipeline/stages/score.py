@@ -22,6 +22,8 @@ from fcvc_pipeline.captions.vocabulary import SPLITS, load_captions, references_
 from fcvc_pipeline.devices import check_device_spec
 from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation import metrics
+from fcvc_pipeline.features.settings import weights_identity
+from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.captioner import caption_split
 from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
@@ -67,12 +69,16 @@ class ScoreResult:
     split: str
     cached: bool
     table: str
+    # the backbone weights the captioned features came from (features.settings.weights_identity);
+    # None for a --captions file, whose origin fcvc cannot know
+    features: dict[str, str | None] | None = None
     exit_code: int = 0
 
     def to_json(self) -> dict[str, Any]:
         body = {k: v for k, v in self.scores.items() if k != "warnings"}
         return body | {"captions_file": str(self.captions_file), "scores_file": str(self.scores_file),
-                       "split": self.split, "cached": self.cached, "warnings": list(self.scores.get("warnings", []))}
+                       "split": self.split, "cached": self.cached, "features": self.features,
+                       "warnings": list(self.scores.get("warnings", []))}
 
 
 def _scores_path(captions_file: Path, workdir: Path) -> Path:
@@ -110,10 +116,13 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
         raise MissingArtifactError(f"the caption table in {vocab_dir} has no '{cfg.split}' captions",
                                    hint="check the split name, or rerun `fcvc vocab` with split information")
 
+    features = None
     if cfg.captions is not None:
         captions_file = Path(cfg.captions)
         label = captions_file.stem
     else:
+        # caption_split refuses a checkpoint trained on a store with other settings than this one
+        features = weights_identity(FeatureStore.open(Workdir(cfg.workdir).features).settings)
         captions_file = Path(caption_split(cfg.workdir, cfg.run, cfg.split, beam_size=cfg.beam_size,
                                            max_len=cfg.max_len, device=cfg.device))
         label = captions_file.parent.parent.name if captions_file.parent.name == "captions" else captions_file.stem
@@ -135,17 +144,17 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
             raise InputError(captions_file, e.message,
                              hint=f"the file must caption exactly the {len(references)} '{cfg.split}' videos "
                                   f"of {vocab_dir}, keyed by video id") from None
-        write_cached(scores_file, key, scores, field="scores", captions_file=str(captions_file))
+        write_cached(scores_file, key, scores, field="scores", captions_file=str(captions_file), features=features)
     else:
         progress.log(f"scores [{cfg.split}]: up to date ({scores_file})")
 
     for message in scores.get("warnings", []):
         progress.warn(message)
-    table = metrics.format_score_table([(label, scores)], markdown=True)
+    table = metrics.format_score_table([(label, scores)], markdown=True, features=features)
     progress.log(table)
     progress.log(f"{scores['videos']} videos, tokenizer: {scores['tokenizer']}, scores saved to {scores_file}")
     return ScoreResult(scores=scores, captions_file=captions_file, scores_file=scores_file, split=cfg.split,
-                       cached=cached, table=table)
+                       cached=cached, table=table, features=features)
 
 
 def _package_version(name: str) -> str:

@@ -35,6 +35,7 @@ from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary, references
 from fcvc_pipeline.errors import MismatchError
 from fcvc_pipeline.evaluation.metrics import count_unk
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
+from fcvc_pipeline.features.settings import weights_identity
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.captioner import caption_and_score
 from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -275,7 +276,8 @@ class Trainer:
         d = self.data
         return {"model_config": self.model_cfg.to_json(), "vocab": d.vocab.to_json(),
                 "vocab_fingerprint": d.vocab.fingerprint(), "store_settings_fingerprint": d.store.settings_fingerprint,
-                "store_path": str(d.store_path), "manifest_key": self.manifest_key}
+                "store_path": str(d.store_path), "manifest_key": self.manifest_key,
+                "features_identity": weights_identity(d.store.settings)}
 
     def save(self, path: Path, *, position: TrainState | None = None, weights: torch.nn.Module | None = None) -> None:
         """last.pt (``position``: the resume state with optimizer, average and RNG) or best.pt (``weights``:
