@@ -117,3 +117,10 @@ def test_the_architecture_page_names_every_room(doc):
     for room in ROOMS:
         if (PKG / room).is_dir():
             assert f"{room}/" in text, f"{doc} does not mention {room}/"
+
+
+def test_the_default_run_is_the_default_model():
+    from fcvc_pipeline.models import DEFAULT_MODEL
+    from fcvc_pipeline.workdir import DEFAULT_RUN
+
+    assert DEFAULT_RUN == DEFAULT_MODEL

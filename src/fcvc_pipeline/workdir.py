@@ -26,7 +26,8 @@ from pathlib import Path
 from fcvc_pipeline.errors import ConfigError, MissingArtifactError
 
 DEFAULT_WORKDIR = Path("fcvc-work")
-DEFAULT_RUN = "fcvc-cf-ia"  # the run `fcvc caption` / `fcvc score` pick when several exist
+DEFAULT_RUN = "fcvc-cf-ia"  # the run `fcvc caption` / `fcvc score` pick when several exist (= models.DEFAULT_MODEL;
+# a leaf cannot import the models room, and tests/test_layout.py checks the two agree)
 
 
 @dataclass(frozen=True)

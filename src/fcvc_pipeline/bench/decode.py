@@ -26,7 +26,7 @@ from fcvc_pipeline.bench.model_inputs import Shapes, random_videos, setup, shape
 from fcvc_pipeline.commands.common import common_options, run_and_exit
 from fcvc_pipeline.errors import require
 from fcvc_pipeline.inference.decoding import generate, generate_full_recompute
-from fcvc_pipeline.models import build_model, canonical_model_name
+from fcvc_pipeline.models import DEFAULT_MODEL, build_model, canonical_model_name
 
 TARGET_RATIO = 3.0
 MODES = ("incremental", "prefix_recompute", "full_recompute")
@@ -35,7 +35,7 @@ DEFAULT_MODES = ("incremental", "full_recompute")
 
 @dataclass(frozen=True)
 class DecodeBenchConfig:
-    model: str = "fcvc-cf-ia"
+    model: str = DEFAULT_MODEL
     videos: int = 64
     beam: int = 5
     max_len: int = 20

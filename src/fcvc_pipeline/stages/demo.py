@@ -23,6 +23,7 @@ from fcvc_pipeline.captions.synthetic import bundled_sample_dir, generate_sample
 from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
 from fcvc_pipeline.errors import MissingArtifactError
 from fcvc_pipeline.evaluation.baselines import best_constant_caption
+from fcvc_pipeline.models import DEFAULT_MODEL
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
 from fcvc_pipeline.stages.score import ScoreConfig, run_score
@@ -35,7 +36,7 @@ from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 class DemoConfig:
     workdir: Path = DEFAULT_WORKDIR
     data: Path | None = None  # a sample directory (videos/ + annotations.json); default: the bundled one
-    model: str = "fcvc-cf-ia"
+    model: str = DEFAULT_MODEL
     frames: int = 15
     frame_size: int = 171  # 4x4 regions; 299 (8x8) costs 3.5x more on a CPU and scored no better here
     epochs: int = 30

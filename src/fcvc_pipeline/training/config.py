@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fcvc_pipeline.devices import check_device_spec
-from fcvc_pipeline.models import MODEL_ALIASES, MODEL_NAMES, VARIANTS, canonical_model_name
+from fcvc_pipeline.models import DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, VARIANTS, canonical_model_name
 from fcvc_pipeline.models.config import CONV_MASKS
 from fcvc_pipeline.models.variants import resolve_alias
 from fcvc_pipeline.naming import safe_name
@@ -25,7 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class TrainConfig:
     workdir: Path = DEFAULT_WORKDIR
-    model: str = "fcvc-cf-ia"
+    model: str = DEFAULT_MODEL
     run: str | None = None  # run directory name under <workdir>/runs (default: the model name)
     epochs: int = 30
     max_steps: int | None = None  # stop after this many optimizer steps in all
