@@ -1,8 +1,9 @@
 """Video ids come from file names and annotation files: never trust them as paths or store keys.
 
 :func:`safe_name` maps any id to a name that is one path component, printable ASCII, not special
-(``.``/``..``), and at most 120 characters; the mapping is injective (distinct ids never collide)
-and ids that are already safe map to themselves.
+(``.``/``..``), not a name the Zarr store reserves for itself (``zarr.json``), and at most 120
+characters; the mapping is injective (distinct ids never collide) and ids that are already safe map to
+themselves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-.]")
 _MAX = 120
+_RESERVED = {"zarr.json"}  # the metadata file of the group that holds the videos
 
 
 def safe_name(video_id: str) -> str:
@@ -24,6 +26,8 @@ def safe_name(video_id: str) -> str:
         else:
             out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
     name = "".join(out)
+    if name in _RESERVED:  # escape its dot: "%" never survives as itself, so this cannot collide
+        name = name.replace(".", "%2E")
     if len(name) > _MAX:
         digest = hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:16]
         name = f"{name[:_MAX - 18]}~{digest}"

@@ -433,7 +433,7 @@ def features_note(identity: Mapping[str, str | None] | None) -> str | None:
     Random weights (``random:<seed>``, the offline test mode) are called out: such scores measure the
     pipeline, not what the paper's pretrained features give.
     """
-    if not identity:
+    if not identity or not any(identity.values()):
         return None
     inception, clip = identity.get("inception"), identity.get("clip")
     note = f"features: Inception-V3 {inception}, clips {clip or 'none'}"

@@ -12,6 +12,7 @@ This file sits in ``inference/`` because captioning reads it and training uses t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MissingArtifactError(f"no checkpoint at {path}", hint="train a model first: `fcvc train`")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, forbidden globals
-        raise InputError(path, f"not a loadable fcvc checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # pickle errors, truncated or empty files, forbidden globals
+        detail = (str(e).splitlines() or ["(no message)"])[0][:200]
+        raise InputError(path, f"not a loadable fcvc checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_config" not in ckpt:
         raise InputError(path, "not an fcvc checkpoint (missing format/model_config)")
     return ckpt
@@ -46,10 +48,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> CaptionModel:
     """The model of an already loaded checkpoint, in eval mode (``path`` names it in errors)."""
     model = build_model(ModelConfig.from_json(ckpt["model_config"]))
+    weights = ckpt.get("state_dict")
+    if not isinstance(weights, Mapping):
+        raise InputError(path, f"no model weights in the checkpoint (state_dict is {type(weights).__name__})")
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise InputError(path, f"weights do not fit the model config: {str(e).splitlines()[0]}") from None
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:3])
+        raise InputError(path, f"weights do not fit the model config: {detail[:400]}") from None
     return model.to(device).eval()
 
 

@@ -1,0 +1,62 @@
+"""The captioner reads a run's decoding back whole: beam size *and* length penalty, overridable per call."""
+
+import json
+
+import pytest
+import torch
+
+from fcvc_pipeline.features.bank import load_feature_bank
+from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.inference import captioner as captioner_module
+from fcvc_pipeline.inference.captioner import Captioner, caption_split
+from fcvc_pipeline.inference.checkpoint import load_checkpoint, save_checkpoint
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.stages.train import TrainConfig, run_train
+from tests.stages.test_train import TINY
+from tests.tiny import make_tiny_workdir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    w = make_tiny_workdir(tmp_path_factory.mktemp("captioner"))
+    res = run_train(TrainConfig(workdir=w, model="fcvc-ta", epochs=2, select_beams=(), **TINY))
+    return w, res
+
+
+def _key(out):
+    return json.loads(out.with_suffix(".key.json").read_text())["key"]
+
+
+def test_stored_length_penalty_and_beam_are_used_and_overridable(trained):
+    w, res = trained
+    best = res.run / "best.pt"
+    ckpt = load_checkpoint(best)
+    assert DecodingOptions.from_json(ckpt["decoding"]) == DecodingOptions()  # no choice made: beam 5
+    save_checkpoint(best, {**ckpt, "decoding": DecodingOptions(beam_size=3, length_penalty=0.0).to_json()})
+
+    captioner = Captioner.from_checkpoint(best)
+    assert captioner.options.beam_size == 3 and captioner.options.length_penalty == 0.0
+
+    out = caption_split(w, res.run.name, "val", device="cpu")
+    assert out.name == "val-beam3.json" and _key(out)["length_penalty"] == 0.0
+    over = caption_split(w, res.run.name, "val", length_penalty=2.0, beam_size=2, device="cpu")
+    assert over.name == "val-beam2.json" and _key(over)["length_penalty"] == 2.0 and _key(over)["beam_size"] == 2
+
+
+def test_length_penalty_reaches_the_search(trained, monkeypatch):
+    """The options given are the ones the beam search gets (a spy on generate)."""
+    w, res = trained
+    captioner = Captioner.from_checkpoint(res.run / "best.pt")
+    store = FeatureStore.open(w / "features.zarr")
+    bank = load_feature_bank(store, store.completed_ids()[:3], regions=False)
+    seen = []
+    real = captioner_module.generate
+
+    def spy(model, videos, **kw):
+        seen.append(kw)
+        return real(model, videos, **kw)
+
+    monkeypatch.setattr(captioner_module, "generate", spy)
+    with torch.no_grad():
+        captioner.caption_bank(bank, DecodingOptions(beam_size=2, length_penalty=0.7))
+    assert seen and seen[0]["length_penalty"] == 0.7 and seen[0]["beam_size"] == 2
