@@ -8,12 +8,29 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.features.backbones import (
-    C3D_MEAN_BGR, CLIP_MODELS, IMAGENET_MEAN, IMAGENET_STD, InceptionFeatures, batchnorm_state, build_c3d,
-    build_hub_model, build_inception_v3, calibrate_batchnorm, imagenet_inception_state, inception_grid,
-    load_batchnorm_state, load_state_file, parse_weights, preprocess_c3d, preprocess_frames, state_sha256,
+    C3D_MEAN_BGR,
+    CLIP_MODELS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MIN_SIZE,
+    InceptionFeatures,
+    batchnorm_state,
+    build_c3d,
+    build_hub_model,
+    build_inception_v3,
+    calibrate_batchnorm,
+    imagenet_inception_state,
+    inception_grid,
+    load_batchnorm_state,
+    load_state_file,
+    parse_weights,
+    preprocess_c3d,
+    preprocess_frames,
+    state_sha256,
 )
 from tests.videos import random_frames
 
@@ -57,26 +74,47 @@ def test_preprocess_frames_normalises_once():
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor(expected))
 
 
+def _assert_same_features(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal up to float rounding, on features that are neither vanishing nor all alike (else vacuous)."""
+    scale = reference.abs().max().item()
+    assert np.isfinite(scale) and scale > 1e-3, scale
+    assert (reference[0] - reference[-1]).abs().max().item() > 1e-3 * scale  # the inputs really differ
+    torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-4 * scale)
+
+
 def test_strict_load_of_a_torchvision_state_dict(tmp_path):
     from torchvision.models import inception_v3
 
     torch.manual_seed(123)
     reference = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True).eval()
-    with torch.no_grad():  # make BatchNorm statistics non-default so a wrong load would show
-        for m in reference.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-                m.running_mean.uniform_(-0.1, 0.1)
+    # BatchNorm statistics estimated on frames: non-default (a wrong load would show) and, unlike arbitrary
+    # ones, they keep the random network sensitive to its input (else every frame gives the same features and
+    # the comparisons below could not see a preprocessing or layout mistake)
+    calibrate_batchnorm(reference, [_frames(4, INCEPTION_MIN_SIZE, seed=7)])
     path = tmp_path / "inception.pth"
     torch.save(reference.state_dict(), path)
     ours = InceptionFeatures(build_inception_v3(load_state_file(path), source=path))
     seen = {}
-    reference.Mixed_7c.register_forward_hook(lambda mod, inp, out: seen.setdefault("map", out))
+    reference.Mixed_7c.register_forward_hook(lambda mod, inp, out: seen.__setitem__("map", out))
+    reference.avgpool.register_forward_hook(lambda mod, inp, out: seen.__setitem__("pooled", out.flatten(1)))
     x = _frames(2, 107, seed=3)
     with torch.inference_mode():
         reference(x)
         pooled, regions = ours(x)
     torch.testing.assert_close(regions, seen["map"].flatten(2).transpose(1, 2))
+    _assert_same_features(pooled, seen["pooled"])
+
+    # The pooled feature at the smallest frame size accepted, against torchvision's network fed the way the
+    # Google weights expect: RGB scaled to [-1, 1], transform_input off. Ours gets the project's
+    # preprocessing (ImageNet mean/std) and relies on transform_input to undo it -- the two must agree.
+    size = INCEPTION_MIN_SIZE
+    raw = torch.from_numpy(random_frames(2, size, size, seed=5))  # uint8 [2, S, S, 3] RGB
+    with torch.inference_mode():
+        pooled, regions = ours(preprocess_frames(raw))
+        reference.transform_input = False
+        reference(raw.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0)
+    assert pooled.shape == (2, 2048) and regions.shape == (2, inception_grid(size) ** 2, 2048)
+    _assert_same_features(pooled, seen["pooled"])
 
     # without the auxiliary classifier it still loads strictly
     no_aux = {k: v for k, v in reference.state_dict().items() if not k.startswith("AuxLogits.")}
@@ -115,10 +153,46 @@ def test_random_weights_need_and_survive_batchnorm_reestimation():
     assert state_sha256(again.state_dict()) != state_sha256(InceptionFeatures(build_inception_v3(seed=6)).state_dict())
 
 
+# Sports-1M channel means in BGR order on the 0-255 scale (the Caffe C3D convention; also the usual per-channel
+# summary of sport1m_train16_128_mean.binaryproto)
+SPORTS1M_MEAN_BGR = (90.25, 97.66, 101.41)
+
+
+def _c3d_fc6_reference(state: dict[str, torch.Tensor], clips: torch.Tensor) -> torch.Tensor:
+    """The Sports-1M C3D feature written out with torch.nn.functional, from a DavideA-layout state dict.
+
+    Caffe input: RGB uint8 [B, 16, 112, 112, 3] -> BGR, 0-255, channel mean removed, [B, 3, 16, 112, 112].
+    Then (Tran et al. 2015; DavideA's C3D_model.py): every convolution 3x3x3, stride 1, padding 1, followed
+    by a ReLU; pool1 1x2x2 (the 16 frames are kept), pool2-pool5 2x2x2 with stride 2, pool5 padded (0, 1, 1)
+    so that the 7x7 map pools to 4x4; flattened channel-major ((C, T, H, W), DavideA's ``view(-1, 8192)``);
+    fc6 and its ReLU (Caffe's relu6 runs in place, so the fc6 blob is post-ReLU).
+    """
+    x = clips[..., [2, 1, 0]].float() - torch.tensor(SPORTS1M_MEAN_BGR)
+    h = x.permute(0, 4, 1, 2, 3)
+
+    def conv(h, name):
+        return F.relu(F.conv3d(h, state[f"{name}.weight"], state[f"{name}.bias"], stride=1, padding=1))
+
+    h = F.max_pool3d(conv(h, "conv1"), kernel_size=(1, 2, 2), stride=(1, 2, 2))
+    assert h.shape[1:] == (64, 16, 56, 56)
+    h = F.max_pool3d(conv(h, "conv2"), kernel_size=2, stride=2)
+    assert h.shape[1:] == (128, 8, 28, 28)
+    h = F.max_pool3d(conv(conv(h, "conv3a"), "conv3b"), kernel_size=2, stride=2)
+    assert h.shape[1:] == (256, 4, 14, 14)
+    h = F.max_pool3d(conv(conv(h, "conv4a"), "conv4b"), kernel_size=2, stride=2)
+    assert h.shape[1:] == (512, 2, 7, 7)
+    h = F.max_pool3d(conv(conv(h, "conv5a"), "conv5b"), kernel_size=2, stride=2, padding=(0, 1, 1))
+    assert h.shape[1:] == (512, 1, 4, 4)
+    return F.relu(F.linear(h.reshape(h.shape[0], 8192), state["fc6.weight"], state["fc6.bias"]))
+
+
 def test_c3d_loads_the_davidea_layout_strictly(tmp_path):
     donor = build_c3d(seed=1)
     torch.manual_seed(0)
-    full = {k: v for k, v in donor.state_dict().items()}
+    full = {k: v.clone() for k, v in donor.state_dict().items()}
+    for name in DAVIDEA_KEYS:  # seeded init leaves biases at zero: give them values, so they must be used
+        if name.endswith(".bias") and name in full:
+            full[name].normal_(0.0, 2.0)
     full.update({"fc7.weight": torch.randn(4096, 4096) * 0.01, "fc7.bias": torch.zeros(4096),
                  "fc8.weight": torch.randn(487, 4096) * 0.01, "fc8.bias": torch.zeros(487)})
     assert sorted(full) == sorted(DAVIDEA_KEYS)
@@ -126,12 +200,14 @@ def test_c3d_loads_the_davidea_layout_strictly(tmp_path):
     torch.save(full, path)
     net = build_c3d(load_state_file(path), source=path)
     assert net.fc7 is None and net.fc8 is None  # trimmed after the strict load
-    clips = torch.randint(0, 256, (1, 16, 112, 112, 3), dtype=torch.uint8)  # the real input size
+    clips = torch.randint(0, 256, (1, 16, 112, 112, 3), dtype=torch.uint8)  # the real input size, one clip
     with torch.inference_mode():
         out = net(preprocess_c3d(clips))
-        ref = donor(preprocess_c3d(clips))
+        ref = _c3d_fc6_reference(full, clips)
     assert out.shape == (1, 4096) and torch.isfinite(out).all() and (out >= 0).all()
-    torch.testing.assert_close(out, ref)
+    scale = ref.abs().max().item()
+    assert 0 < (ref > 0).float().mean() < 1 and scale > 1.0  # a live feature: some units on, some off
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * scale)
 
     renamed = {k.replace("conv", "features.conv"): v for k, v in full.items()}
     torch.save(renamed, tmp_path / "other.pth")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fcvc_pipeline.errors import ConfigError, MismatchError
-from fcvc_pipeline.training.losses import caption_loss
 from fcvc_pipeline.models import MODEL_NAMES, VideoBatch, build_model
+from fcvc_pipeline.training.losses import caption_loss
 from tests.models.tiny_models import MAX_LEN, VOCAB, tiny_captions, tiny_config, tiny_videos
 
 ATTENTION_MODELS = [m for m in MODEL_NAMES if tiny_config(m).uses_frame_attention]

@@ -83,17 +83,117 @@ def test_temporal_attention_matches_eq5_written_out():
     torch.testing.assert_close(alpha[0], torch.stack(weights).mean(0), atol=1e-6, rtol=1e-5)
 
 
-def test_cf_ia_upper_layers_inherit_alpha_from_the_top_ta_layer():
-    """Replacing the layer-2 frame weights changes IA in layers 3-4 exactly as Eq. 6 says."""
+# a frame distribution no TA layer of the tiny model produces
+SWAPPED_ALPHA = torch.softmax(torch.tensor([2.0, -1.0, 0.5, -2.0]), dim=0)
+
+
+def _cf_ia_run(m, path: str, *, swap_layer: int | None = None):
+    """Run fcvc-cf-ia (teacher forcing, or step by step) with forward hooks: when ``swap_layer`` is given, that
+    layer's TA frame weights alpha are replaced by SWAPPED_ALPHA on their way out (its context is untouched).
+
+    Returns (log-probs [R, T, V], frame_attn [R, T, N], {IA layer: [(y, alpha, regions, rows, context, beta)
+    per call]}, [(original alpha, replacement) per swap])."""
+    videos = tiny_videos(2)
+    inputs = tiny_captions(2, 5)[0]
+    seen: dict[int, list[tuple]] = {}
+    swaps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def swap(module, args, out):
+        context, alpha = out
+        new = SWAPPED_ALPHA.expand_as(alpha).clone()
+        swaps.append((alpha, new))
+        return context, new
+
+    handles = [] if swap_layer is None else [m.layers[swap_layer].temporal.register_forward_hook(swap)]
+    for i, layer in enumerate(m.layers):
+        if layer.inherited is not None:
+            handles.append(layer.inherited.register_forward_hook(
+                lambda module, args, out, i=i: seen.setdefault(i, []).append((*args, *out))))
+    try:
+        with torch.no_grad():
+            if path == "forward":
+                out = m(videos, inputs)
+                log_probs, frame_attn = torch.log_softmax(out.logits, -1), out.frame_attn
+            else:
+                encoded = m.encode(videos)
+                state = m.init_state(encoded, torch.arange(2))
+                steps = []
+                for t in range(inputs.shape[1]):
+                    lp, fa, _, state = m.step(encoded, state, inputs[:, t])
+                    steps.append((lp, fa))
+                log_probs = torch.stack([lp for lp, _ in steps], 1)
+                frame_attn = torch.stack([fa for _, fa in steps], 1)
+    finally:
+        for h in handles:
+            h.remove()
+    return log_probs, frame_attn, seen, swaps
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is several times faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("path", ["forward", "step"])
+def test_cf_ia_upper_layers_inherit_alpha_from_the_top_ta_layer(path):
+    """fcvc-cf-ia, 4 layers: TA in layers 1-2, IA in layers 3-4, and both IA layers use layer 2's alpha.
+
+    Swapping layer 2's alpha (and nothing else) reaches both IA layers directly: each receives exactly the
+    swapped weights; layer 3's query is unchanged, so its context changes through alpha alone; layer 4's
+    context recomputed with the original alpha differs from what it produced. Swapping layer 1's alpha reaches
+    nothing (only layer 2's alpha is inherited).
+    """
     torch.manual_seed(0)
-    m = build_model(tiny_config("fcvc-cf-ia")).eval()
-    videos = tiny_videos(1)
-    inputs = tiny_captions(1, 4)[0]
-    seen = []
-    hook = m.layers[2].inherited.register_forward_hook(lambda mod, args, out: seen.append(args[1]))
-    out = m(videos, inputs)
-    hook.remove()
-    torch.testing.assert_close(seen[0], out.frame_attn)  # exposed frame_attn = layer 2's alpha = IA's input
+    m = build_model(tiny_config("fcvc-cf-ia", layers=4)).eval()
+    plan = m.config.layer_plan()
+    assert [(p.temporal, p.inherited) for p in plan] == [(True, False), (True, False), (False, True), (False, True)]
+    ia_layers = (2, 3)  # 0-based: layers 3 and 4
+
+    def alpha_of(frame_attn, call):  # the exposed frame weights of one forward / step, as IA receives them
+        return frame_attn if path == "forward" else frame_attn[:, call:call + 1]
+
+    base_lp, base_fa, base, _ = _cf_ia_run(m, path)
+    calls = len(base[2])
+    assert calls == (1 if path == "forward" else 5)
+    for i in ia_layers:  # exposed frame_attn = layer 2's alpha = what both IA layers receive
+        for call in range(calls):
+            assert torch.equal(base[i][call][1], alpha_of(base_fa, call))
+
+    # -- swap layer 2's alpha -------------------------------------------------------------------------------
+    lp, fa, seen, swaps = _cf_ia_run(m, path, swap_layer=1)
+    assert len(swaps) == calls
+    assert all((orig - new).abs().max() > 0.1 for orig, new in swaps)  # a real change
+    for call, (_, new) in enumerate(swaps):
+        assert torch.equal(alpha_of(fa, call), new)
+        for i in ia_layers:
+            assert torch.equal(seen[i][call][1], new), f"IA layer {i + 1} did not get layer 2's alpha"
+        # layer 3: same query, same regions, same beta (beta does not depend on alpha) -- another context
+        y3, _, _, _, ctx3, beta3 = seen[2][call]
+        assert torch.equal(y3, base[2][call][0])
+        assert torch.equal(beta3, base[2][call][5])
+        assert not torch.allclose(ctx3, base[2][call][4], atol=1e-4)
+        # layer 4: with its own (changed) query, the inherited alpha still decides its context
+        y4, alpha4, regions4, rows4, ctx4, _ = seen[3][call]
+        with torch.no_grad():
+            again = m.layers[3].inherited(y4, alpha4, regions4, rows4)[0]
+            with_original_alpha = m.layers[3].inherited(y4, base[3][call][1], regions4, rows4)[0]
+        torch.testing.assert_close(again, ctx4)
+        assert not torch.allclose(with_original_alpha, ctx4, atol=1e-4)
+    assert not torch.allclose(lp, base_lp, atol=1e-4)
+
+    # -- swap layer 1's alpha: nothing inherits it -----------------------------------------------------------
+    lp1, fa1, seen1, swaps1 = _cf_ia_run(m, path, swap_layer=0)
+    assert len(swaps1) == calls and all((o - n).abs().max() > 0.1 for o, n in swaps1)
+    for i in ia_layers:
+        for call in range(calls):
+            assert torch.equal(seen1[i][call][1], base[i][call][1])  # the inherited weights: untouched
+            assert torch.equal(seen1[i][call][4], base[i][call][4])
+    assert torch.equal(fa1, base_fa) and torch.equal(lp1, base_lp)
 
 
 def test_causal_conv_step_equals_full():
