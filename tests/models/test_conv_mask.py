@@ -182,9 +182,10 @@ def test_incremental_steps_equal_the_full_forward(model, mask):
 
 
 # -- the config -----------------------------------------------------------------------------------------------
-def test_default_mask_is_causal_for_now():
-    assert ModelConfig().conv_mask == "causal"
-    assert ModelConfig(kernel_size=5).conv_taps == 5
+def test_default_mask_is_the_papers():
+    assert ModelConfig().conv_mask == "paper"
+    assert "conv_mask" in ModelConfig().to_json()  # only the legacy "causal" is left out
+    assert ModelConfig(kernel_size=5, conv_mask="causal").conv_taps == 5
     assert ModelConfig(kernel_size=5, conv_mask="paper").conv_taps == 3
 
 
