@@ -1,1 +1,2 @@
-"""inference."""
+"""Captioning with a trained model: decoding options, beam search, checkpoint files, the Captioner, and the
+attention figure."""
