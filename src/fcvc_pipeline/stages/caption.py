@@ -24,7 +24,6 @@ from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.features.video import decode_video, list_videos
 from fcvc_pipeline.inference.captioner import Captioner
 from fcvc_pipeline.inference.figures import render_attention_figure
-from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
@@ -51,6 +50,8 @@ class CaptionConfig:
             problems.append("--beam-size must be at least 1")
         if self.max_len is not None and self.max_len < 1:
             problems.append("--max-len must be at least 1")
+        if self.length_penalty is not None and self.length_penalty < 0:
+            problems.append(f"length_penalty must be >= 0 (got {self.length_penalty})")
         if self.run is not None and self.checkpoint is not None:
             problems.append("give --run or --checkpoint, not both")
         if (p := check_device_spec(self.device)) is not None:
@@ -90,8 +91,7 @@ def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path)
 
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
-    require(cfg.validate() + DecodingOptions().override(beam_size=cfg.beam_size, max_len=cfg.max_len,
-                                                        length_penalty=cfg.length_penalty).problems())
+    require(cfg.validate())
     w = Workdir(cfg.workdir)
     sources = list_videos(cfg.inputs)
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else w.resolve_run(cfg.run) / "best.pt"
