@@ -99,13 +99,13 @@ def test_ema_run_keeps_the_average_as_best(tmp_path):
 
 def test_bf16_on_cpu_trains_and_is_part_of_the_run_settings(tmp_path):
     w = make_tiny_workdir(tmp_path)
-    res = run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=4, precision="bf16", **TINY))
+    res = run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=6, precision="bf16", **TINY))
     losses = [h["train_loss"] for h in res.history]
     assert losses[-1] < 0.8 * losses[0]
     assert all(v.dtype == torch.float32 for v in load_checkpoint(res.run / "best.pt")["state_dict"].values()
                if v.is_floating_point())  # autocast: the weights stay float32
     with pytest.raises(MismatchError):  # same run name, other precision: refused, not mixed
-        run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=4, precision="fp32", **TINY))
+        run_train(TrainConfig(workdir=w, model="fcvc-cf-ia", epochs=6, precision="fp32", **TINY))
     assert "--precision" in " ".join(TrainConfig(workdir=w, precision="fp16").validate())
 
 

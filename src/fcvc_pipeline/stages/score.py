@@ -122,7 +122,8 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
         label = captions_file.stem
     else:
         # caption_split refuses a checkpoint trained on a store with other settings than this one
-        features = weights_identity(FeatureStore.open(Workdir(cfg.workdir).features).settings)
+        store_path = Workdir(cfg.workdir).features
+        features = weights_identity(FeatureStore.open(store_path).settings) if FeatureStore.exists(store_path) else None
         captions_file = Path(caption_split(cfg.workdir, cfg.run, cfg.split, beam_size=cfg.beam_size,
                                            max_len=cfg.max_len, device=cfg.device))
         label = captions_file.parent.parent.name if captions_file.parent.name == "captions" else captions_file.stem
