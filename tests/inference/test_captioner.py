@@ -1,10 +1,13 @@
 """The captioner reads a run's decoding back whole: beam size *and* length penalty, overridable per call."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from fcvc_pipeline.cli import main
 from fcvc_pipeline.features.bank import load_feature_bank
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference import captioner as captioner_module
@@ -12,6 +15,7 @@ from fcvc_pipeline.inference.captioner import Captioner, caption_split
 from fcvc_pipeline.inference.checkpoint import load_checkpoint, save_checkpoint
 from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.stages.train import TrainConfig, run_train
+from tests.inference.test_checkpoint import _overwrite_inside_largest_tensor
 from tests.stages.test_train import TINY
 from tests.tiny import make_tiny_workdir
 
@@ -60,3 +64,15 @@ def test_length_penalty_reaches_the_search(trained, monkeypatch):
     with torch.no_grad():
         captioner.caption_bank(bank, DecodingOptions(beam_size=2, length_penalty=0.7))
     assert seen and seen[0]["length_penalty"] == 0.7 and seen[0]["beam_size"] == 2
+
+
+def test_score_refuses_a_damaged_best_checkpoint_with_exit_2(trained, tmp_path):
+    """The reported failure: 16 bytes overwritten in three places of best.pt used to score garbage, exit 0."""
+    w, res = trained
+    copy = tmp_path / "w"
+    shutil.copytree(w, copy)
+    best = copy / "runs" / res.run.name / "best.pt"
+    _overwrite_inside_largest_tensor(best)
+    out = CliRunner().invoke(main, ["score", "--workdir", str(copy), "--run", res.run.name, "--device", "cpu"])
+    assert out.exit_code == 2, out.output
+    assert str(best) in out.output and "damaged checkpoint" in out.output

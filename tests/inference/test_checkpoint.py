@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from fcvc_pipeline.captions.vocabulary import SPECIALS, Vocabulary
 from fcvc_pipeline.errors import ConfigError, FcvcError, InputError, MissingArtifactError
 from fcvc_pipeline.inference.checkpoint import (
     CHECKPOINT_FORMAT,
+    DIGEST_KEY,
+    content_digest,
     decoding_of,
     load_checkpoint,
     model_from_checkpoint,
@@ -306,3 +310,63 @@ def test_decoding_of_a_damaged_entry_names_the_file(tmp_path):
         with pytest.raises(InputError) as e:
             decoding_of({"decoding": bad}, tmp_path / "best.pt")
         assert e.value.path == str(tmp_path / "best.pt") and "unreadable decoding options" in str(e.value)
+
+
+# -- the content digest ----------------------------------------------------------------------------------
+def _overwrite_inside_largest_tensor(path: Path, offsets=(0.2, 0.5, 0.8), n: int = 16) -> None:
+    """Overwrite ``n`` bytes at three places inside the stored bytes of the largest tensor, leaving the zip
+    structure intact (so torch.load still succeeds and only the digest can notice)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    for f in offsets:
+        at = start + int(f * (info.file_size - n))
+        raw[at:at + n] = bytes((b ^ 0x5A) for b in raw[at:at + n])
+    path.write_bytes(bytes(raw))
+
+
+def test_every_checkpoint_carries_a_digest_of_its_content(saved):
+    _, path = saved
+    raw = torch.load(path, weights_only=True)
+    assert len(raw[DIGEST_KEY]) == 64
+    assert content_digest({k: v for k, v in raw.items() if k != DIGEST_KEY}) == raw[DIGEST_KEY]
+    # the digest follows content, not the order or the container of the dict
+    assert content_digest({"a": torch.ones(2), "b": [1, "x"]}) == content_digest({"b": [1, "x"], "a": torch.ones(2)})
+    assert content_digest({"a": torch.ones(2)}) != content_digest({"a": torch.ones(2, dtype=torch.float64)})
+    assert content_digest({"a": torch.ones(2)}) != content_digest({"a": torch.ones(1, 2)})
+
+
+def test_overwritten_weights_are_refused_naming_the_file(saved):
+    _, path = saved
+    _overwrite_inside_largest_tensor(path)
+    torch.load(path, weights_only=True)  # still a loadable file: only the digest tells
+    err = assert_input_error(path, "damaged checkpoint")
+    assert "restore it" in (err.hint or "")
+
+
+def test_a_changed_value_outside_the_tensors_is_refused(saved, tmp_path):
+    _, path = saved
+    raw = torch.load(path, weights_only=True)
+    raw["best"] = {"cider": 9.9, "epoch": 3}  # written back with the old digest
+    tampered = tmp_path / "tampered.pt"
+    torch.save(raw, tampered)
+    assert_input_error(tampered, "damaged checkpoint")
+
+
+def test_a_checkpoint_from_before_the_digest_still_loads(saved, tmp_path):
+    model, path = saved
+    raw = torch.load(path, weights_only=True)
+    del raw[DIGEST_KEY]
+    old = tmp_path / "old.pt"
+    torch.save(raw, old)
+    ckpt = load_checkpoint(old)
+    assert DIGEST_KEY not in ckpt and ckpt["format"] == CHECKPOINT_FORMAT
+
+
+def test_rewriting_a_loaded_checkpoint_gives_a_fresh_valid_digest(saved):
+    _, path = saved
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, {**ckpt, "decoding": {"beam_size": 3, "length_penalty": 1.0, "chosen_on": "val"}})
+    assert load_checkpoint(path)["decoding"]["beam_size"] == 3

@@ -1,7 +1,11 @@
 """Checkpoint files: model config + vocabulary/feature identities + weights (+ the resume state in last.pt).
 
 A checkpoint is untrusted input: it is read with ``torch.load(..., weights_only=True)``, so it holds only
-tensors, numbers, strings, lists and dicts. Writes are atomic (temp file + ``os.replace``).
+tensors, numbers, strings, lists and dicts. Writes are atomic (temp file + ``os.replace``). Every checkpoint
+carries ``digest``, a sha256 over its whole content (each tensor's dtype, shape and bytes, every other value
+as JSON, in a canonical order), checked on every load: a file changed after it was written -- a flipped bit
+in a weight, a few overwritten bytes -- is an error naming it, never a model that captions garbage.
+Checkpoints from before the digest existed load unchecked.
 
 Keys of every checkpoint (format 1): ``format``, ``model_config``, ``vocab``, ``vocab_fingerprint``,
 ``store_settings_fingerprint``, ``store_path``, ``manifest_key``, ``state_dict``. ``best.pt`` adds the
@@ -12,6 +16,8 @@ This file sits in ``inference/`` because captioning reads it and training uses t
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +31,37 @@ from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
+DIGEST_KEY = "digest"
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 (hex) of a checkpoint's content, independent of how the file serialised it."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"K{type(key).__name__}:{key}".encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(("V" + json.dumps(obj, sort_keys=True, default=repr)).encode())
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload}, path)
+    body = {"format": CHECKPOINT_FORMAT, **{k: v for k, v in payload.items() if k != DIGEST_KEY}}
+    atomic_torch_save({**body, DIGEST_KEY: content_digest(body)}, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -42,6 +75,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(path, f"not a loadable fcvc checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_config" not in ckpt:
         raise InputError(path, "not an fcvc checkpoint (missing format/model_config)")
+    if DIGEST_KEY in ckpt:
+        stored = ckpt.pop(DIGEST_KEY)
+        if content_digest(ckpt) != stored:
+            raise InputError(path, "damaged checkpoint: its content does not match the digest written with it "
+                                   "(the file was changed or corrupted after it was saved)",
+                             hint="restore it from a copy, or retrain (`fcvc train --force`)")
     return ckpt
 
 
