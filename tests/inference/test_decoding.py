@@ -372,15 +372,6 @@ def _pruning_case(name: str):
                 f"add a seed (see _situations)")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("model_name", ["markov", "fcvc-cf-ia", "lstm"])
 @pytest.mark.parametrize("beam_size", PRUNE_BEAMS)

@@ -129,15 +129,6 @@ def _cf_ia_run(m, path: str, *, swap_layer: int | None = None):
     return log_probs, frame_attn, seen, swaps
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("path", ["forward", "step"])
 def test_cf_ia_upper_layers_inherit_alpha_from_the_top_ta_layer(path):

@@ -40,3 +40,18 @@ def tiny_captions(rows: int, steps: int, *, seed: int = 0, lengths: list[int] | 
         targets[r, :n] = words[r, :n]
         targets[r, n] = 2
     return inputs, targets
+
+
+def assert_causal(m, videos: VideoBatch, inputs: torch.Tensor) -> None:
+    """Changing token t+1 leaves every output at steps <= t unchanged (logits and attention weights) and
+    does change the logits at step t+1."""
+    base = m(videos, inputs)
+    for t in range(inputs.shape[1] - 1):
+        changed = inputs.clone()
+        changed[:, t + 1] = (changed[:, t + 1] - 3 + 5) % (VOCAB - 3) + 3  # another real word
+        out = m(videos, changed)
+        torch.testing.assert_close(out.logits[:, : t + 1], base.logits[:, : t + 1], atol=1e-6, rtol=1e-6)
+        for a, b in ((out.frame_attn, base.frame_attn), (out.region_attn, base.region_attn)):
+            if a is not None:
+                torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(out.logits[:, t + 1], base.logits[:, t + 1])

@@ -200,16 +200,6 @@ def _placeholder(record: dict[str, Any]) -> str:
     return "random:0"  # a PATH: the file is located and hash-checked when the network is rebuilt
 
 
-def _placeholder(record: dict[str, Any]) -> str:
-    """A weights option value that passes validation; the network itself comes from the record."""
-    kind = record.get("kind")
-    if kind == "random":
-        return f"random:{int(record.get('seed', 0))}"
-    if kind in ("imagenet", "hub"):
-        return kind
-    return "random:0"  # a PATH: the file is located and hash-checked when the network is rebuilt
-
-
 def calibration_data(sources: list[VideoSource], plan: DecodePlan, frames_wanted: int, *, workers: int,
                       timeout: float):
     """Sampled frames (and clips) of the first videos of the whole input list, in list order."""
