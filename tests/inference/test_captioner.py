@@ -76,3 +76,20 @@ def test_score_refuses_a_damaged_best_checkpoint_with_exit_2(trained, tmp_path):
     out = CliRunner().invoke(main, ["score", "--workdir", str(copy), "--run", res.run.name, "--device", "cpu"])
     assert out.exit_code == 2, out.output
     assert str(best) in out.output and "damaged checkpoint" in out.output
+
+
+def test_score_scores_the_videos_with_features_and_lists_the_missing_with_exit_1(trained, tmp_path):
+    """One test video whose extraction failed no longer blocks the whole split (exit 2 before)."""
+    w, res = trained
+    copy = tmp_path / "w"
+    shutil.copytree(w, copy)
+    test_ids = sorted({json.loads(line)["video_id"] for line in (copy / "vocab" / "captions.jsonl").read_text().splitlines()
+                       if json.loads(line)["split"] == "test"})
+    assert len(test_ids) >= 2
+    FeatureStore.open(copy / "features.zarr", mode="a").discard_video(test_ids[0])
+    out = CliRunner().invoke(main, ["score", "--workdir", str(copy), "--run", res.run.name, "--device", "cpu",
+                                    "--json"])
+    assert out.exit_code == 1, out.output
+    doc = json.loads(out.output[out.output.index("{"):])
+    assert doc["missing"] == [test_ids[0]] and doc["videos"] == len(test_ids) - 1
+    assert f"1 of {len(test_ids)} 'test' videos have no features" in out.output

@@ -11,7 +11,7 @@ only into its work directory).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import file_sha256, fingerprint, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import SPLITS, load_captions, references_by_video
 from fcvc_pipeline.devices import check_device_spec
-from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
+from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation import metrics
 from fcvc_pipeline.features.settings import weights_identity
 from fcvc_pipeline.features.store import FeatureStore
@@ -72,12 +72,15 @@ class ScoreResult:
     # the backbone weights the captioned features came from (features.settings.weights_identity);
     # None for a --captions file, whose origin fcvc cannot know
     features: dict[str, str | None] | None = None
+    # videos of the split that have references but no features (not captioned, not scored: exit 1)
+    missing: list[str] = field(default_factory=list)
     exit_code: int = 0
 
     def to_json(self) -> dict[str, Any]:
         body = {k: v for k, v in self.scores.items() if k != "warnings"}
         return body | {"captions_file": str(self.captions_file), "scores_file": str(self.scores_file),
                        "split": self.split, "cached": self.cached, "features": self.features,
+                       "missing": list(self.missing),
                        "warnings": list(self.scores.get("warnings", []))}
 
 
@@ -129,6 +132,15 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
         label = captions_file.parent.parent.name if captions_file.parent.name == "captions" else captions_file.stem
 
     captions = _match_ids(metrics.read_captions_file(captions_file), references, captions_file)
+    missing: list[str] = []
+    if cfg.captions is None:
+        # the run captioned every video of the split that has features; the others cannot be captioned until
+        # they are extracted: score what was captioned, list the rest, exit 1 (per-item failures)
+        missing = sorted(set(references) - set(captions))
+        if missing:
+            progress.warn(f"{len(missing)} of {len(references)} '{cfg.split}' videos have no features and are not "
+                          f"scored (e.g. {', '.join(missing[:3])}); run `fcvc extract` on them to score the whole split")
+            references = {v: refs for v, refs in references.items() if v in captions}
     use_java = metrics.java_available() if cfg.use_java is None else cfg.use_java
     key = {"stage": STAGE, "version": VERSION, "split": cfg.split, "captions": file_sha256(captions_file),
            "references": fingerprint(references), "tokenizer": "ptb" if use_java else "python",
@@ -153,9 +165,12 @@ def run_score(cfg: ScoreConfig) -> ScoreResult:
         progress.warn(message)
     table = metrics.format_score_table([(label, scores)], markdown=True, features=features)
     progress.log(table)
-    progress.log(f"{scores['videos']} videos, tokenizer: {scores['tokenizer']}, scores saved to {scores_file}")
+    scored_of = f" of the split's {scores['videos'] + len(missing)}" if missing else ""
+    progress.log(f"{scores['videos']} videos{scored_of} scored, tokenizer: {scores['tokenizer']}, "
+                 f"scores saved to {scores_file}")
     return ScoreResult(scores=scores, captions_file=captions_file, scores_file=scores_file, split=cfg.split,
-                       cached=cached, table=table, features=features)
+                       cached=cached, table=table, features=features, missing=missing,
+                       exit_code=EXIT_ITEM_FAILURES if missing else EXIT_OK)
 
 
 def _package_version(name: str) -> str:
