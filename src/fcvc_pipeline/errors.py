@@ -65,3 +65,12 @@ def require(problems: list[str], *, hint: str | None = None) -> None:
     """Raise one :class:`ConfigError` listing every collected problem, if there are any."""
     if problems:
         raise ConfigError(problems, hint=hint)
+
+
+class StoppedBySignal(FcvcError):
+    """A long stage stopped on SIGTERM or SIGINT after keeping its work; exit 128 + the signal (143, 130)."""
+
+    def __init__(self, signum: int, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.signum = signum
+        self.exit_code = 128 + signum

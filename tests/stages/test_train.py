@@ -1,8 +1,10 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -163,3 +165,34 @@ def test_resume_after_the_last_epoch_only_finishes_the_run(tmp_path):
     assert not again.up_to_date and again.epochs == 2
     assert (first.run / "metrics.jsonl").read_text() == history
     assert read_manifest(first.run).outputs["decoding"]["chosen_on"] == "val"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_keeps_the_step_and_resume_ends_like_an_uninterrupted_run(tmp_path, sig):
+    """What a cluster scheduler does before it kills: the epoch in progress is kept, exit 128 + signal."""
+    base = ["--workdir", str(tmp_path), "--model", "fcvc-ta", "--epochs", "6", "--d-model", "32", "--layers", "2",
+            "--batch-size", "6", "--device", "cpu", "--lr", "0.003", "--select-beams", ""]
+    make_tiny_workdir(tmp_path)
+    cmd = [sys.executable, "-m", "fcvc_pipeline", "train"]
+    metrics = tmp_path / "runs" / "a" / "metrics.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in all three runs: same numerics
+    proc = subprocess.Popen(cmd + base + ["--run", "a"], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    assert "--resume" in stderr and "last.pt" in stderr and signal.Signals(sig).name in stderr
+    position = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["position"]
+    assert position["step"] > 0 and position["epoch"] < 6
+    resumed = subprocess.run(cmd + base + ["--run", "a", "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(cmd + base + ["--run", "b"], capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr
+    read = lambda r: [json.loads(x) for x in (tmp_path / "runs" / r / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert _comparable(read("a")) == _comparable(read("b"))
+    a = load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

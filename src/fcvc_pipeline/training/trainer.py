@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary, references_by_video
-from fcvc_pipeline.errors import MismatchError
+from fcvc_pipeline.errors import MismatchError, StoppedBySignal
 from fcvc_pipeline.evaluation.metrics import count_unk
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
 from fcvc_pipeline.features.settings import weights_identity
@@ -102,6 +103,7 @@ class Trainer:
         self.batches_per_epoch = count_batches(data.train_set, cfg.batch_size) // dist.world
         self.total_steps = cfg.max_steps or cfg.epochs * max(1, self.batches_per_epoch)
         self.state = TrainState()
+        self._stop_signal: list[int] = []  # filled by SIGTERM/SIGINT while fit() runs
         self.net: torch.nn.Module = self.model
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -109,7 +111,16 @@ class Trainer:
     # .. the run .............................................................................................
     def fit(self, *, resume: bool) -> tuple[TrainState, DecodingOptions | None]:
         """Train to the end (resuming from last.pt when asked); returns the final state and, on the main
-        rank, the decoding chosen on validation."""
+        rank, the decoding chosen on validation.
+
+        SIGTERM (what cluster schedulers send before they kill) and SIGINT stop training after the current
+        step: last.pt is written at that step and :class:`StoppedBySignal` says how to resume.
+        """
+        with _stop_on_signals() as stop_signal:
+            self._stop_signal = stop_signal
+            return self._fit(resume=resume)
+
+    def _fit(self, *, resume: bool) -> tuple[TrainState, DecodingOptions | None]:
         if resume:
             self.restore(load_checkpoint(self.run_dir / "last.pt"))
         else:
@@ -192,6 +203,8 @@ class Trainer:
                     epoch=epoch, batch=i + 1, step=s.step, sums={**s.sums, "seconds_before": elapsed},
                     history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch))
             fault_injection(s.step)
+            if self._stop_signal:
+                self.stop_here(epoch, i + 1, s.sums.get("seconds_before", 0.0) + time.perf_counter() - t0)
             if last_of_run:
                 stop = True
                 break
@@ -204,6 +217,18 @@ class Trainer:
         if main:
             stop = self.end_of_epoch(record) or stop
         return broadcast_flag(stop, self.dist, self.device)
+
+    def stop_here(self, epoch: int, batch: int, elapsed: float) -> None:
+        """A stop signal arrived: write last.pt at the current step (main rank), then raise StoppedBySignal."""
+        s, signum = self.state, self._stop_signal[0]
+        if self.dist.main:
+            self.save(self.run_dir / "last.pt", position=TrainState(
+                epoch=epoch, batch=batch, step=s.step, sums={**s.sums, "seconds_before": elapsed},
+                history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch))
+        name = signal.Signals(signum).name
+        raise StoppedBySignal(signum, f"{name}: training of '{self.cfg.run_name}' stopped at epoch {epoch + 1}, "
+                                      f"batch {batch}, step {s.step}; {self.run_dir / 'last.pt'} keeps it",
+                              hint="continue exactly where it stopped with the same command and --resume")
 
     def end_of_epoch(self, record: dict[str, Any]) -> bool:
         """Validate, keep best.pt, write last.pt and metrics.jsonl (main rank). True: out of patience."""
@@ -312,6 +337,24 @@ class Trainer:
         if self.dist.main:
             s = self.state
             progress.log(f"resuming '{self.cfg.run_name}' at epoch {s.epoch + 1}, batch {s.batch}, step {s.step}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While training: SIGTERM and SIGINT only record themselves (in the yielded list), so the loop can stop
+    after the current step with its work saved. Elsewhere (not the main thread) nothing is installed."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def fault_injection(step: int) -> None:
