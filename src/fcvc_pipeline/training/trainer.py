@@ -199,9 +199,7 @@ class Trainer:
                     and not last_of_run and main:
                 elapsed = s.sums.get("seconds_before", 0.0) + time.perf_counter() - t0
                 s.batch = i + 1
-                self.save(self.run_dir / "last.pt", position=TrainState(
-                    epoch=epoch, batch=i + 1, step=s.step, sums={**s.sums, "seconds_before": elapsed},
-                    history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch))
+                self.save(self.run_dir / "last.pt", position=self.mid_epoch_state(epoch, i + 1, elapsed))
             fault_injection(s.step)
             if self._stop_signal:
                 self.stop_here(epoch, i + 1, s.sums.get("seconds_before", 0.0) + time.perf_counter() - t0)
@@ -218,13 +216,17 @@ class Trainer:
             stop = self.end_of_epoch(record) or stop
         return broadcast_flag(stop, self.dist, self.device)
 
+    def mid_epoch_state(self, epoch: int, batch: int, elapsed: float) -> TrainState:
+        """The resume state after ``batch`` batches of epoch ``epoch`` (``elapsed``: its training seconds)."""
+        s = self.state
+        return TrainState(epoch=epoch, batch=batch, step=s.step, sums={**s.sums, "seconds_before": elapsed},
+                          history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch)
+
     def stop_here(self, epoch: int, batch: int, elapsed: float) -> None:
         """A stop signal arrived: write last.pt at the current step (main rank), then raise StoppedBySignal."""
         s, signum = self.state, self._stop_signal[0]
         if self.dist.main:
-            self.save(self.run_dir / "last.pt", position=TrainState(
-                epoch=epoch, batch=batch, step=s.step, sums={**s.sums, "seconds_before": elapsed},
-                history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch))
+            self.save(self.run_dir / "last.pt", position=self.mid_epoch_state(epoch, batch, elapsed))
         name = signal.Signals(signum).name
         raise StoppedBySignal(signum, f"{name}: training of '{self.cfg.run_name}' stopped at epoch {epoch + 1}, "
                                       f"batch {batch}, step {s.step}; {self.run_dir / 'last.pt'} keeps it",
