@@ -130,11 +130,10 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     if out.is_file() and read_cached(key_file, key) == file_sha256(out):
         progress.log(f"captions [{run_dir.name}/{split}]: up to date ({out})")
         return out
-    dev = resolve_device(device)
-    captioner = Captioner.from_checkpoint(ckpt_path, dev, checkpoint=ckpt)
     check_vocabulary(ckpt, vocab, ckpt_path)
     if ckpt.get("store_settings_fingerprint") != store.settings_fingerprint:
         raise MismatchError(f"{ckpt_path} was trained on features extracted with other settings than {w.features}")
+    captioner = Captioner.from_checkpoint(ckpt_path, resolve_device(device), checkpoint=ckpt)
     bank = load_feature_bank(store, video_ids, regions=captioner.model.config.uses_regions)
     progress.log(f"captioning {len(video_ids)} '{split}' videos with {run_dir.name} (beam {options.beam_size})")
     hyps = captioner.caption_bank(bank, options)
