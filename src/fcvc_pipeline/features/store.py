@@ -9,6 +9,20 @@ Layout (README: "The feature store")::
         region_features float  [N, 64, 2048]  Inception-V3 Mixed_7c, 8x8 grid in row-major order
         clip_features   float  [N, C]         clip backbone (C3D fc6: 4096), absent with --c3d-weights none
 
+Since checksummed videos (attr ``layout: 2``) the arrays live one level down, in a version group::
+
+      videos/<name>/                   attrs: ..., version, arrays, chunks {file: bytes}, digest, complete
+        <version>/frame_indices ...    the arrays above; one chunk per array, Zstd with its content checksum
+
+A rewrite puts the new version beside the old one and then swaps the group's attributes (one atomic
+file replace), so a reader sees the old complete video or the new one, never a mix; the old version
+is deleted afterwards, and a reader that was inside it retries with the new one. Every chunk carries
+Zstd's checksum (verified by the codec on every read), the attributes hold the byte size of every
+chunk file (a missing or truncated file is noticed with a ``stat``) and ``digest``, a SHA-256 of the
+decoded arrays, verified on every read: a damaged video raises :class:`DamagedVideoError` naming the
+video and the file, never returns fill values or other numbers. Videos written before (``layout``
+absent, arrays directly in the video group) still read; only the missing-chunk check applies to them.
+
 A video whose group lacks ``complete: true`` does not exist for readers. A failed video keeps a group
 with ``complete: false`` and ``failure: {path, stage, error}``; writers only ever touch their own
 video's group, so two writers never share a chunk (zarr-python #3682).
@@ -23,23 +37,52 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from fcvc_pipeline.artifacts import canonical_json, fingerprint
-from fcvc_pipeline.errors import MismatchError, MissingArtifactError
+from fcvc_pipeline.errors import FcvcError, MismatchError, MissingArtifactError
 from fcvc_pipeline.naming import safe_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the store's layout; videos carry their own ``layout`` (see the module docstring)
+VIDEO_LAYOUT = 2  # versioned, checksummed videos
 FLOAT_ARRAYS = ("frame_features", "region_features", "clip_features")
+CHECKSUMMED = ZstdCodec(level=0, checksum=True)  # level 0 = zstd's default (3); checksum: xxhash of each chunk
+READ_ATTEMPTS = 10  # a read that loses a race with a rewrite is retried on the new version
+
+
+class DamagedVideoError(FcvcError):
+    """A complete video whose stored data does not match what was written (names the video and the file)."""
+
+    def __init__(self, video_id: str, path: str | Path, reason: str):
+        self.video_id, self.path, self.reason = video_id, str(path), reason
+        super().__init__(f"video {_shown(video_id)!r} is damaged: {path}: {reason}",
+                         hint="`fcvc extract --verify` lists every damaged video and re-extracts them "
+                              "(or `fcvc train --skip-damaged` leaves them out)")
+
+
+def _shown(video_id: str, limit: int = 80) -> str:
+    return video_id if len(video_id) <= limit else f"{video_id[:limit - 20]}...({len(video_id)} characters)"
+
+
+def features_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over each array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}\n".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return "sha256:" + h.hexdigest()
 
 
 @dataclass
@@ -123,6 +166,11 @@ class FeatureStore:
         differing field) unless ``force``, which deletes it first. Safe with concurrent callers.
         """
         path = Path(path)
+        if not force and cls.exists(path):
+            # an existing store with these settings needs no lock (and works in a read-only directory)
+            store = cls.open(path, mode="a")
+            if canonical_json(store.settings) == canonical_json(settings):
+                return store
         with file_lock(path.with_name(path.name + ".lock")):
             if cls.exists(path) and force:
                 shutil.rmtree(path)
@@ -180,27 +228,55 @@ class FeatureStore:
         return {a["video_id"]: a["failure"] for _, a in self._video_attrs()
                 if a.get("complete") is not True and "failure" in a and "video_id" in a}
 
-    def content_fingerprint(self) -> str:
-        """Changes whenever the settings or the set of complete videos (and their write times) change."""
-        done = sorted((a["video_id"], a.get("written")) for _, a in self._video_attrs() if a.get("complete") is True)
+    def content_fingerprint(self, video_ids: Iterable[str] | None = None) -> str:
+        """Identifies the features of ``video_ids`` (default: every complete video) and the settings.
+
+        Each video counts by its content digest (by its write time when written before digests), so
+        adding other videos, or re-extracting one into the same numbers, changes nothing.
+        """
+        if video_ids is None:
+            attrs = {a["video_id"]: a for _, a in self._video_attrs() if a.get("complete") is True and "video_id" in a}
+        else:
+            attrs = {vid: self.video_attrs(vid) or {} for vid in video_ids}
+        done = sorted((vid, a.get("digest") or a.get("written")) for vid, a in attrs.items()
+                      if a.get("complete") is True)
         return fingerprint({"settings": self.settings_fingerprint, "videos": done})
 
     # -- writing -------------------------------------------------------------------------------
     def write_video(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        """Write one video's arrays, then mark it complete (last). Refuses non-finite values."""
+        """Write one video's arrays beside any older version, then swap them in (marked complete).
+
+        Refuses non-finite values. Readers see the older complete version until the swap, the new
+        one after it. The caller holds the video's claim.
+        """
         for name in FLOAT_ARRAYS:
             if name in arrays and not np.isfinite(arrays[name]).all():
                 raise ValueError(f"{name} has non-finite values (NaN/inf); nothing was written for {video_id!r}")
         dtype = self.settings.get("dtype", "float16")
-        group = self._videos().require_group(safe_name(video_id))
-        group.attrs.update({"video_id": video_id, "complete": False})
-        for name, value in arrays.items():
-            value = np.asarray(value)
-            if name in FLOAT_ARRAYS:
-                value = value.astype(dtype)
-            group.create_array(name, data=value, chunks=value.shape, overwrite=True)
+        stored = {name: np.asarray(value).astype(dtype) if name in FLOAT_ARRAYS else np.asarray(value)
+                  for name, value in arrays.items()}
+        name = safe_name(video_id)
+        try:
+            group = self._videos().require_group(name)
+        except Exception:  # unreadable metadata of an interrupted write: start this video over
+            self.discard_video(video_id)
+            group = self._videos().require_group(name)
+        if "video_id" not in group.attrs:
+            group.attrs.update({"video_id": video_id, "complete": False})
+        version = f"v{time.time_ns()}-{os.getpid()}"
+        target = group.create_group(version)
+        for key, value in stored.items():
+            target.create_array(key, data=value, chunks=value.shape, compressors=CHECKSUMMED)
+        vdir = self.path / "videos" / name / version
+        chunks = {str(f.relative_to(vdir)): f.stat().st_size
+                  for key in stored for f in sorted((vdir / key / "c").rglob("*")) if f.is_file()}
         extra = {k: v for k, v in attrs.items() if k not in ("complete", "failure")}
-        group.attrs.put({**extra, "video_id": video_id, "written": time.time(), "complete": True})
+        group.attrs.put({**extra, "video_id": video_id, "layout": VIDEO_LAYOUT, "version": version,
+                         "arrays": sorted(stored), "chunks": chunks, "digest": features_digest(stored),
+                         "written": time.time(), "complete": True})
+        for old in (self.path / "videos" / name).iterdir():  # older versions (and pre-layout-2 arrays)
+            if old.is_dir() and old.name != version:
+                shutil.rmtree(old, ignore_errors=True)
 
     def record_failure(self, video_id: str, *, path: str, stage: str, error: str) -> None:
         group = self._videos().require_group(safe_name(video_id))
@@ -248,7 +324,7 @@ class FeatureStore:
         """Save blobs (uint8 arrays ``backbones/<key>``) and then ``record`` under ``name`` (last)."""
         group = self._root.require_group("backbones")
         for key, data in (blobs or {}).items():
-            group.create_array(key, data=np.frombuffer(data, dtype=np.uint8), overwrite=True)
+            group.create_array(key, data=np.frombuffer(data, dtype=np.uint8), overwrite=True, compressors=CHECKSUMMED)
         group.attrs.update({name: record})
 
     def get_blob(self, key: str) -> bytes:
@@ -259,16 +335,95 @@ class FeatureStore:
         return np.asarray(arr[:], dtype=np.uint8).tobytes()
 
     # -- reading -------------------------------------------------------------------------------
-    def read_video(self, video_id: str) -> VideoFeatures:
-        if not self.is_complete(video_id):
-            raise KeyError(f"video {video_id!r} is not (completely) in {self.path}")
-        g = self._root["videos"][safe_name(video_id)]
-        keys = set(g.array_keys())
+    def read_video(self, video_id: str, *, verify: bool = True) -> VideoFeatures:
+        """A complete video's arrays (KeyError if it is not complete).
+
+        Raises :class:`DamagedVideoError` when a chunk file is missing or has another size, a chunk
+        fails to decode (Zstd checksum) or, with ``verify``, the arrays do not match their digest.
+        A read that overlaps a rewrite of the video returns the new version.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            attrs = self.video_attrs(video_id)
+            if attrs is None or attrs.get("complete") is not True:
+                raise KeyError(f"video {video_id!r} is not (completely) in {self.path}")
+            try:
+                arrays = self._read_arrays(video_id, attrs, verify=verify)
+                break
+            except DamagedVideoError:
+                now = self.video_attrs(video_id) or {}
+                if attempt + 1 < READ_ATTEMPTS and (now.get("version"), now.get("written")) != (
+                        attrs.get("version"), attrs.get("written")):
+                    continue  # rewritten while we read: read the new version
+                raise
         return VideoFeatures(
             video_id=video_id,
-            frame_indices=g["frame_indices"][:],
-            frame_features=g["frame_features"][:],
-            region_features=g["region_features"][:] if "region_features" in keys else None,
-            clip_features=g["clip_features"][:] if "clip_features" in keys else None,
-            attrs=dict(g.attrs),
+            frame_indices=arrays["frame_indices"],
+            frame_features=arrays["frame_features"],
+            region_features=arrays.get("region_features"),
+            clip_features=arrays.get("clip_features"),
+            attrs=attrs,
         )
+
+    def check_video(self, video_id: str, *, full: bool = False) -> DamagedVideoError | None:
+        """The damage of a complete video, or None. Quick: the chunk files' presence and sizes;
+        ``full``: every byte decoded and compared with the digest (what every read does)."""
+        attrs = self.video_attrs(video_id)
+        if attrs is None or attrs.get("complete") is not True:
+            return None
+        try:
+            if full:
+                self.read_video(video_id)
+            else:
+                self._check_chunk_files(video_id, attrs)
+        except DamagedVideoError as e:
+            return e
+        except KeyError:  # rewritten as incomplete meanwhile
+            return None
+        return None
+
+    def _array_dir(self, video_id: str, attrs: dict[str, Any]) -> Path:
+        base = self.path / "videos" / safe_name(video_id)
+        return base / attrs["version"] if attrs.get("version") else base
+
+    def _check_chunk_files(self, video_id: str, attrs: dict[str, Any]) -> None:
+        adir = self._array_dir(video_id, attrs)
+        for rel, size in (attrs.get("chunks") or {}).items():
+            f = adir / rel
+            try:
+                have = f.stat().st_size
+            except FileNotFoundError:
+                raise DamagedVideoError(video_id, f, "the chunk file is missing") from None
+            except OSError as e:
+                raise DamagedVideoError(video_id, f, f"the chunk file cannot be read ({e.strerror})") from None
+            if have != size:
+                raise DamagedVideoError(video_id, f, f"the chunk file has {have} bytes, {size} were written")
+
+    def _read_arrays(self, video_id: str, attrs: dict[str, Any], *, verify: bool) -> dict[str, np.ndarray]:
+        self._check_chunk_files(video_id, attrs)
+        adir = self._array_dir(video_id, attrs)
+        key = adir.relative_to(self.path).as_posix()
+        try:
+            group = self._root[key]
+            names = list(attrs["arrays"]) if "arrays" in attrs else sorted(group.array_keys())
+        except Exception as e:
+            raise DamagedVideoError(video_id, adir, f"the arrays cannot be opened ({type(e).__name__}: {e})") from None
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            try:
+                arr = group[name]
+                if "chunks" not in attrs and arr.nchunks_initialized < arr.nchunks:
+                    raise DamagedVideoError(video_id, adir / name, f"{arr.nchunks - arr.nchunks_initialized} of "
+                                                                   f"{arr.nchunks} chunk files are missing")
+                arrays[name] = arr[:]
+            except DamagedVideoError:
+                raise
+            except Exception as e:  # a truncated or bit-flipped chunk: Zstd's error or its checksum's
+                files = [rel for rel in (attrs.get("chunks") or {}) if rel.startswith(name + "/")]
+                where = adir / files[0] if len(files) == 1 else adir / name
+                raise DamagedVideoError(video_id, where, f"cannot be decoded ({type(e).__name__}: {e})") from None
+        for need in ("frame_indices", "frame_features"):
+            if need not in arrays:
+                raise DamagedVideoError(video_id, adir / need, "the array is missing")
+        if verify and attrs.get("digest") and features_digest(arrays) != attrs["digest"]:
+            raise DamagedVideoError(video_id, adir, "the arrays do not match the checksum written with them")
+        return arrays
