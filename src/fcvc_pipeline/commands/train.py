@@ -39,11 +39,14 @@ from fcvc_pipeline.commands.common import common_options, parse_int_list, run_an
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--run", "run_name", default=None, help="Run name under <workdir>/runs (default: the model name).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run exactly where it stopped.")
+@click.option("--skip-damaged", is_flag=True,
+              help="Check every video's stored features first and train without (listing) the damaged ones, "
+                   "instead of stopping on the first one read.")
 @click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
 def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int, max_steps: int | None,
           batch_size: int, lr: float, seed: int, patience: int, checkpoint_every: int, d_model: int | None,
           layers: int | None, dropout: float | None, conv_mask: str | None, ema_decay: float, label_smoothing: float, select_beams: str,
-          precision: str, device: str, run_name: str | None, resume: bool, force: bool):
+          precision: str, device: str, run_name: str | None, resume: bool, skip_damaged: bool, force: bool):
     """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
 
     \b
@@ -60,7 +63,7 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
                       batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
                       d_model=d_model, layers=layers, dropout=dropout, conv_mask=conv_mask, ema_decay=ema_decay,
                       label_smoothing=label_smoothing, select_beams=parse_int_list(select_beams, "--select-beams"),
-                      precision=precision, device=device, resume=resume, force=force)
+                      precision=precision, device=device, resume=resume, skip_damaged=skip_damaged, force=force)
     # under torchrun only rank 0 prints the JSON document
     main_rank = int(os.environ.get("RANK", "0")) == 0
     stage = run_ablation if model == ALL_MODELS else run_train

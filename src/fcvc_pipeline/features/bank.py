@@ -14,9 +14,23 @@ import numpy as np
 import torch
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.errors import MismatchError
-from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.errors import FcvcError, MismatchError
+from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
 from fcvc_pipeline.models.state import VideoBatch
+
+
+class DamagedFeaturesError(FcvcError):
+    """Some of the videos to load have damaged features; lists them (video, file, reason)."""
+
+    def __init__(self, store_path, damaged: list[DamagedVideoError], total: int, *, shown: int = 10):
+        self.damaged = damaged
+        lines = [f"  {e.video_id!r}: {e.path}: {e.reason}" for e in damaged[:shown]]
+        if len(damaged) > shown:
+            lines.append(f"  ... and {len(damaged) - shown} more")
+        super().__init__(f"{len(damaged)} of {total} videos in {store_path} have damaged features; nothing was "
+                         f"trained or captioned:\n" + "\n".join(lines),
+                         hint="`fcvc extract --verify VIDEOS...` re-extracts them; `fcvc train --skip-damaged` "
+                              "trains without them")
 
 
 @dataclass
@@ -45,16 +59,29 @@ class FeatureBank:
 
 
 def load_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions: bool) -> FeatureBank:
-    """Read the given (complete) videos from the store into memory, once."""
+    """Read the given (complete) videos from the store into memory, once.
+
+    Every video is checked as it is read (``FeatureStore.read_video``); damaged ones are all read
+    and reported together, in one :class:`DamagedFeaturesError`.
+    """
     frames, clips, regs = [], [], []
+    damaged: list[DamagedVideoError] = []
     for vid in progress.bar(video_ids, desc="loading features", unit="video"):
-        f = store.read_video(vid)
+        try:
+            f = store.read_video(vid)
+        except DamagedVideoError as e:
+            damaged.append(e)
+            continue
+        if damaged:
+            continue  # keep checking, keep no memory
         frames.append(f.frame_features)
         clips.append(f.clip_features)
         if regions:
             if f.region_features is None:
                 raise MismatchError(f"video {vid!r} in {store.path} has no region features, which this model needs")
             regs.append(f.region_features)
+    if damaged:
+        raise DamagedFeaturesError(store.path, damaged, len(video_ids))
     has_clips = all(c is not None for c in clips) and len(clips) > 0
     return FeatureBank(
         video_ids=list(video_ids),

@@ -73,14 +73,17 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     if missing and d.main:
         progress.warn(f"{len(missing)} annotated video(s) have no features and are left out "
                       f"(e.g. {', '.join(missing[:3])}); run `fcvc extract` on them to include them")
-    model_cfg = model_config(cfg, vocab, store, usable[0])
-    manifest = train_manifest(cfg, w, vocab, store, model_cfg)
+    if cfg.skip_damaged:
+        usable = leave_out_damaged(store, usable, main=d.main)
+    read_ids = sorted({r.video_id for r in rows if r.split in ("train", "val")} & set(usable))
+    model_cfg = model_config(cfg, vocab, store, (read_ids or usable)[0])
+    manifest = train_manifest(cfg, w, vocab, store, model_cfg, read_ids)
     status = prepare_run_dir(cfg, run_dir, manifest, main=d.main)
     if status == "up_to_date":
         out = read_manifest(run_dir).outputs
         if d.main:
             progress.log(f"train [{cfg.run_name}]: up to date ({run_dir})")
-        return TrainResult(run=run_dir, best_checkpoint=Path(out["best_checkpoint"]),
+        return TrainResult(run=run_dir, best_checkpoint=run_dir / "best.pt",
                            best_val_cider=out.get("best_val_cider"), epochs=out["epochs"],
                            seconds_per_epoch=out.get("seconds_per_epoch"), parameters=out["parameters"],
                            up_to_date=True, history=out.get("history", []), decoding=out.get("decoding"))
@@ -126,13 +129,33 @@ def model_config(cfg: TrainConfig, vocab: Vocabulary, store: FeatureStore, probe
         **overrides)
 
 
-def train_manifest(cfg: TrainConfig, w: Workdir, vocab: Vocabulary, store: FeatureStore, model_cfg: ModelConfig) -> Manifest:
+def leave_out_damaged(store: FeatureStore, video_ids: list[str], *, main: bool) -> list[str]:
+    """``--skip-damaged``: read every video in full first and return those whose features are intact."""
+    damaged = {}
+    for vid in progress.bar(video_ids, desc="checking features", unit="video"):
+        if (err := store.check_video(vid, full=True)) is not None:
+            damaged[vid] = err
+    if damaged and main:
+        progress.warn(f"--skip-damaged: {len(damaged)} of {len(video_ids)} videos have damaged features and are "
+                      f"left out (`fcvc extract --verify` re-extracts them):")
+        for err in damaged.values():
+            progress.warn(f"  {err.message}")
+    kept = [v for v in video_ids if v not in damaged]
+    if not kept:
+        raise MismatchError(f"every video in {store.path} with captions has damaged features",
+                            hint="re-extract them: `fcvc extract --verify VIDEOS...`")
+    return kept
+
+
+def train_manifest(cfg: TrainConfig, w: Workdir, vocab: Vocabulary, store: FeatureStore, model_cfg: ModelConfig,
+                   video_ids: list[str]) -> Manifest:
+    """What the run depends on; the features count only through the videos it reads (``video_ids``)."""
     vocab_manifest = read_manifest(w.vocab)
     return Manifest(stage="train", version=STAGE_VERSION,
                     config={**cfg.output_fields(), "model_config": model_cfg.to_json()},
                     inputs={"vocabulary": vocab.fingerprint(),
                             "captions": vocab_manifest.fingerprint() if vocab_manifest else None,
-                            "features": store.content_fingerprint()})
+                            "features": store.content_fingerprint(video_ids)})
 
 
 def prepare_run_dir(cfg: TrainConfig, run_dir: Path, manifest: Manifest, *, main: bool) -> str:

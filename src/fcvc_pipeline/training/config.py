@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     force: bool = False
+    skip_damaged: bool = False  # leave out (and list) videos whose stored features are damaged
     # ablation runner (model == "all"): how to score each model on the test split
     score_beam_size: int | None = None  # None: each run's validation-chosen beam
 
@@ -115,7 +116,7 @@ class TrainConfig:
 
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
-        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size"}
+        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged"}
         # fields added later are left out while unset, so the manifests of older runs stay up to date
         unset_is_absent = {"conv_mask"}
         return {k: v for k, v in dataclasses.asdict(self).items()
