@@ -93,3 +93,22 @@ def test_a_growing_store_neither_blocks_resume_nor_changes_a_finished_run(tmp_pa
     with pytest.raises(MismatchError) as e:
         run_train(cfg)
     assert "trained differently" in str(e.value) and "features" in str(e.value)
+
+
+def test_cached_split_captions_stay_valid_while_the_store_grows(tmp_path):
+    from fcvc_pipeline.inference.captioner import caption_split
+
+    w = make_tiny_workdir(tmp_path)
+    run_train(TrainConfig(workdir=w, model="fcvc", epochs=1, d_model=32, layers=2, batch_size=6, device="cpu",
+                          select_beams=()))
+    out = caption_split(w, None, "val", device="cpu")
+    first = out.stat().st_mtime_ns
+    store = FeatureStore.open(w / "features.zarr", mode="a")
+    arrays = {k: v for k, v in (("frame_indices", np.arange(4, dtype=np.int32)),
+                                ("frame_features", np.ones((4, 16), np.float32)),
+                                ("region_features", np.ones((4, 4, 16), np.float32)),
+                                ("clip_features", np.ones((4, 8), np.float32)))}
+    store.write_video("unrelated", arrays, {})
+    assert caption_split(w, None, "val", device="cpu").stat().st_mtime_ns == first  # still up to date
+    store.write_video("v012", arrays, {})  # a val video changed: captioned again
+    assert caption_split(w, None, "val", device="cpu").stat().st_mtime_ns != first

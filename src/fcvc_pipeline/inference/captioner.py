@@ -123,7 +123,7 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     ckpt = load_checkpoint(ckpt_path)
     options = decoding_of(ckpt, ckpt_path).override(beam_size=beam_size, max_len=max_len,
                                                     length_penalty=length_penalty)
-    key = {"checkpoint": file_sha256(ckpt_path), "features": store.content_fingerprint(), "vocab": vocab.fingerprint(),
+    key = {"checkpoint": file_sha256(ckpt_path), "features": store.content_fingerprint(video_ids), "vocab": vocab.fingerprint(),
            "videos": video_ids, **options.search_key()}
     out = run_dir / "captions" / f"{split}-beam{options.beam_size}.json"
     key_file = out.with_suffix(".key.json")
