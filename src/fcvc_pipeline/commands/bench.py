@@ -10,6 +10,7 @@ BENCHES: dict[str, str] = {
     "extract": "fcvc_pipeline.bench.extract:bench_extract",
     "decode": "fcvc_pipeline.bench.decode:bench_decode",
     "train": "fcvc_pipeline.bench.train:bench_train",
+    "checksums": "fcvc_pipeline.bench.checksums:bench_checksums",
 }
 
 

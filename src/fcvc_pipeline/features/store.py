@@ -300,6 +300,25 @@ class FeatureStore:
             return None
         return Claim(video_id, fd)
 
+    def claim_held(self, video_id: str) -> bool:
+        """Whether a live process holds ``video_id``'s claim now (reads only: works on a read-only store)."""
+        try:
+            fd = os.open(self.path / ".claims" / f"{safe_name(video_id)}.lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a shared lock we took
+        return False
+
+    def incomplete_ids(self) -> list[str]:
+        """Videos with a group but neither complete nor failed: being written now, or interrupted."""
+        return sorted(a["video_id"] for _, a in self._video_attrs()
+                      if a.get("complete") is not True and "failure" not in a and "video_id" in a)
+
     def video_attrs(self, video_id: str) -> dict[str, Any] | None:
         """A video group's attrs as on disk (complete or not); None if absent or unreadable."""
         meta = self.path / "videos" / safe_name(video_id) / "zarr.json"
