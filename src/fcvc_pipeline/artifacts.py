@@ -73,10 +73,17 @@ _UMASK = _read_umask()  # once, at import: os.umask can only be read by setting 
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place."""
+    """Write ``data`` to a temp file beside ``path``, fsync it, then ``os.replace`` it into place.
+
+    An OSError (full disk, read-only directory, no permission) is raised again naming ``path`` where the
+    original named only the temp file or nothing at all (a failed ``write`` or ``fsync`` names no file).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -84,12 +91,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:  # already gone, or the filesystem refuses this too: the first error is the one to report
             pass
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` when it names a path a person knows; else the same errno naming ``path`` (the temp file
+    beside it is an implementation detail, and a failed write or fsync names nothing)."""
+    name = error.filename
+    ours = isinstance(name, str) and Path(name).name.startswith(f".{path.name}.") and name.endswith(".tmp")
+    if error.errno is None or (name is not None and not ours):
+        return error
+    return OSError(error.errno, os.strerror(error.errno), str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -7,6 +7,8 @@ under ``-v``.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 # Exit codes shared by every command (README: "Shared conventions").
@@ -74,3 +76,77 @@ class StoppedBySignal(FcvcError):
         super().__init__(message, hint=hint)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+# What a person can do about each errno that means "the disk, its mount or its permissions said no" (not
+# a bug in fcvc). A missing file (ENOENT) is not here: the stages check their inputs and name them.
+_FREE_SPACE = ("free space on that disk (or raise the quota), or point --workdir (or the option that named "
+               "this path) at a disk with room; then rerun the same command")
+_ELSEWHERE = "point --workdir (or the option that named this path) at a directory you can write to"
+FILESYSTEM_HINTS: dict[int, str] = {
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EFBIG: "the file grew past what this filesystem (or `ulimit -f`) allows: " + _ELSEWHERE,
+    errno.EROFS: "the filesystem is mounted read-only: " + _ELSEWHERE,
+    errno.EACCES: "check the permissions of the path (`ls -ld`), or " + _ELSEWHERE,
+    errno.EPERM: "check the permissions and owner of the path (`ls -ld`), or " + _ELSEWHERE,
+    errno.ENAMETOOLONG: "the name is longer than the filesystem allows: choose a shorter path",
+    errno.ENOTDIR: "a part of the path is a file where a directory is needed: choose another path or move it",
+    errno.EISDIR: "a directory stands where a file is needed: choose another path or move it",
+    errno.EEXIST: "a file stands where a directory is needed: choose another path or move it",
+    errno.EIO: "the device reported a read or write failure: check the disk (`dmesg`) before rerunning",
+}
+if hasattr(errno, "EDQUOT"):  # not on every platform
+    FILESYSTEM_HINTS[errno.EDQUOT] = _FREE_SPACE
+
+
+class FilesystemError(FcvcError):
+    """The operating system refused a read or write: full disk, quota, read-only mount, permissions.
+
+    Built from the :class:`OSError` by :meth:`from_oserror`; the message names the path (both paths of a
+    rename) and the system's reason, the hint what to do.
+    """
+
+    def __init__(self, path: str | None, reason: str, *, errno_code: int, path2: str | None = None,
+                 hint: str | None = None):
+        self.path = path
+        self.path2 = path2
+        self.reason = reason
+        self.errno = errno_code
+        if path and path2:
+            message = f"{path} -> {path2}: {reason}"
+        elif path:
+            message = f"{path}: {reason}"
+        else:  # the library that failed did not say which file; the reason still tells what went wrong
+            message = f"{reason} (the failing call did not name the file)"
+        super().__init__(message, hint=hint)
+
+    @classmethod
+    def from_oserror(cls, error: OSError) -> FilesystemError:
+        code = error.errno
+        reason = os.strerror(code) if code is not None else (error.strerror or str(error))
+        return cls(_as_path(error.filename), reason, errno_code=code if code is not None else 0,
+                   path2=_as_path(error.filename2), hint=FILESYSTEM_HINTS.get(code))
+
+
+def _as_path(name: object) -> str | None:
+    if name is None:
+        return None
+    if isinstance(name, (str, bytes, os.PathLike)):
+        return os.fsdecode(name)
+    return str(name)  # a file descriptor
+
+
+def filesystem_error(error: BaseException) -> FilesystemError | None:
+    """The :class:`FilesystemError` behind ``error``, if it is (or was caused by) such an OSError, else None.
+
+    Libraries (zarr, torch, PIL) sometimes wrap the OSError in their own exception; its cause chain is
+    followed, a few links deep.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FILESYSTEM_HINTS:
+            return FilesystemError.from_oserror(current)
+        current = current.__cause__ or current.__context__
+    return None

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, FcvcError
+from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, FcvcError, filesystem_error
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR
 
 
@@ -36,30 +36,37 @@ def to_jsonable(result: Any) -> Any:
 def run_and_exit(fn: Callable[[], Any], *, json_out: bool, verbose: bool) -> None:
     """Run a stage; print its JSON on stdout when asked; exit 0/1/2 (3 for a bug).
 
-    The stage result may expose ``exit_code`` (1 when some items failed) and ``to_json()``.
+    The stage result may expose ``exit_code`` (1 when some items failed) and ``to_json()``. An OSError
+    that says the disk is full, read-only or not ours to write (``errors.FILESYSTEM_HINTS``) is not a bug:
+    it becomes a :class:`~fcvc_pipeline.errors.FilesystemError` (exit 2) naming the path and the reason.
+    With ``--json`` every failure prints ``{"error": message, "exit_code": code}`` on stdout.
     """
     progress.configure(verbose=verbose)
     try:
         result = fn()
-    except FcvcError as e:
-        if verbose:
-            traceback.print_exc()
-        click.echo(f"error: {e}", err=True)
-        if json_out:
-            click.echo(json.dumps({"error": e.message, "exit_code": e.exit_code}))
-        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted: finished items are kept; rerun the same command to resume", err=True)
         sys.exit(130)
-    except Exception as e:  # a bug: say so plainly, keep the traceback behind -v
+    except Exception as e:
+        expected = e if isinstance(e, FcvcError) else filesystem_error(e)
         if verbose:
             traceback.print_exc()
-        else:
+        if expected is not None:
+            click.echo(f"error: {expected}", err=True)
+            _exit_with_error(expected.message, expected.exit_code, json_out)
+        # a bug: say so plainly, keep the traceback behind -v
+        if not verbose:
             click.echo(f"internal error: {type(e).__name__}: {e} (rerun with -v for the traceback)", err=True)
-        sys.exit(EXIT_INTERNAL)
+        _exit_with_error(f"internal error: {type(e).__name__}: {e}", EXIT_INTERNAL, json_out)
     if json_out:
         click.echo(json.dumps(to_jsonable(result), indent=2, sort_keys=False, default=str))
     sys.exit(getattr(result, "exit_code", EXIT_OK))
+
+
+def _exit_with_error(message: str, code: int, json_out: bool) -> None:
+    if json_out:
+        click.echo(json.dumps({"error": message, "exit_code": code}))
+    sys.exit(code)
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
