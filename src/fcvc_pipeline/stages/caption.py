@@ -16,7 +16,7 @@ from typing import Any
 from fcvc_pipeline import progress
 from fcvc_pipeline.captions.vocabulary import Vocabulary
 from fcvc_pipeline.devices import check_device_spec, resolve_device
-from fcvc_pipeline.errors import MismatchError, MissingArtifactError, require
+from fcvc_pipeline.errors import FilesystemError, MismatchError, MissingArtifactError, filesystem_error, require
 from fcvc_pipeline.features.bank import load_feature_bank
 from fcvc_pipeline.features.extraction import extract_like
 from fcvc_pipeline.features.settings import decode_plan
@@ -64,15 +64,23 @@ class CaptionResult:
     items: list[dict[str, Any]]
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
     checkpoint: str = ""
-    figures: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)  # video id -> attention figure written
+    figure_error: str | None = None  # why the --attention figures (all or the rest) were not written
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.figure_error else 0
 
     def to_json(self) -> list[dict[str, Any]]:
+        items = self.items
+        if self.figures or self.figure_error:  # --attention was given: say where each figure is, or why not
+            items = []
+            for item in self.items:
+                figure = self.figures.get(item["video"])
+                items.append({**item, "figure": figure}
+                             | ({"figure_error": self.figure_error} if figure is None else {}))
         failed = [{"video": v, "caption": None, "error": why} for v, why in self.failed.items()]
-        return self.items + failed
+        return items + failed
 
 
 def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path) -> FeatureStore:
@@ -110,6 +118,7 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
             failed[s.video_id] = "no features were written"
     items: list[dict[str, Any]] = []
     figures: dict[str, str] = {}
+    figure_error: str | None = None
     if done:
         bank = load_feature_bank(store, [s.video_id for s in done], regions=captioner.model.config.uses_regions)
         hyps = captioner.caption_bank(bank, options)
@@ -118,24 +127,40 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
             items.append({"video": s.video_id, "path": str(s.path), "caption": captioner.text(h),
                           "score": float(h.score)})
         if cfg.attention is not None:
-            figures = _attention_figures(cfg.attention, done, hyps, captioner.vocab, ref.settings)
+            figures, refused = _attention_figures(cfg.attention, done, hyps, captioner.vocab, ref.settings)
+            if refused is not None:  # the captions are computed: keep them, say which figures are missing
+                figure_error = refused.message
+                progress.warn(f"attention figures not written into {cfg.attention} "
+                              f"({len(done) - len(figures)} of {len(done)} missing): {refused}")
     for v, why in failed.items():
         progress.warn(f"{v}: {why}")
-    return CaptionResult(items=items, failed=failed, checkpoint=str(ckpt_path), figures=figures)
+    return CaptionResult(items=items, failed=failed, checkpoint=str(ckpt_path), figures=figures,
+                         figure_error=figure_error)
 
 
-def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary, settings: dict[str, Any]) -> dict[str, str]:
-    """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap."""
+def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary,
+                       settings: dict[str, Any]) -> tuple[dict[str, str], FilesystemError | None]:
+    """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap.
+
+    Returns the figures written and, when the directory refused a write (read-only, full, not ours), that
+    refusal: the figures after it are not attempted, since they would meet the same disk.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = decode_plan({**settings, "clip": None})
-    figures = {}
-    for s in sources:
-        h = hyps[s.video_id]
-        words = vocab.decode_tokens(h.tokens)
-        frames = decode_video(s.path, plan).frames
-        path = render_attention_figure(out_dir / f"{safe_name(s.video_id)}.png", frames, words,
-                                       h.frame_attn, h.region_attn, title=s.video_id)
-        figures[s.video_id] = str(path)
-        progress.log(f"attention figure: {path}")
-    return figures
+    figures: dict[str, str] = {}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for s in sources:
+            h = hyps[s.video_id]
+            words = vocab.decode_tokens(h.tokens)
+            frames = decode_video(s.path, plan).frames
+            path = render_attention_figure(out_dir / f"{safe_name(s.video_id)}.png", frames, words,
+                                           h.frame_attn, h.region_attn, title=s.video_id)
+            figures[s.video_id] = str(path)
+            progress.log(f"attention figure: {path}")
+    except OSError as e:
+        refused = filesystem_error(e)
+        if refused is None:
+            raise
+        return figures, refused
+    return figures, None
