@@ -1,4 +1,6 @@
-from fcvc_pipeline.naming import is_safe, safe_name
+import re
+
+from fcvc_pipeline.naming import is_safe, safe_name, tsv_field
 
 
 def test_safe_ids_are_unchanged():
@@ -18,3 +20,13 @@ def test_mapping_is_injective_and_bounded():
     names = [safe_name(v) for v in ids]
     assert len(set(names)) == len(ids)
     assert all(len(n) <= 120 for n in names)
+
+
+def test_tsv_field_escapes_what_would_split_a_row_and_can_be_read_back():
+    raw = "a\tb\nc\rd\\e \\t f"
+    field = tsv_field(raw)
+    assert field == "a\\tb\\nc\\rd\\\\e \\\\t f"
+    assert "\t" not in field and "\n" not in field and "\r" not in field
+    unescape = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+    assert re.sub(r"\\(.)", lambda m: unescape[m.group(1)], field) == raw
+    assert tsv_field("plain id-1.mp4 é") == "plain id-1.mp4 é"

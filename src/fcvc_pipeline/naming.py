@@ -3,7 +3,7 @@
 :func:`safe_name` maps any id to a name that is one path component, printable ASCII, not special
 (``.``/``..``), not a name the Zarr store reserves for itself (``zarr.json``), and at most 120
 characters; the mapping is injective (distinct ids never collide) and ids that are already safe map to
-themselves.
+themselves. :func:`tsv_field` makes an id safe for one column of a tab-separated line.
 """
 
 from __future__ import annotations
@@ -36,3 +36,16 @@ def safe_name(video_id: str) -> str:
 
 def is_safe(video_id: str) -> bool:
     return safe_name(video_id) == video_id
+
+
+# Backslash first, so that the escapes written for the others are not escaped again.
+_TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+def tsv_field(text: str) -> str:
+    r"""``text`` for one column of a tab-separated line: a backslash, tab, newline or carriage return becomes
+    the two characters ``\\``, ``\t``, ``\n`` or ``\r`` (the escapes of PostgreSQL's text COPY format), so no
+    column can split a row or a line; every other character is kept as it is."""
+    for raw, escaped in _TSV_ESCAPES:
+        text = text.replace(raw, escaped)
+    return text

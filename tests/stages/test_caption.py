@@ -1,10 +1,11 @@
-"""``fcvc caption`` on video files: captions kept when the figures cannot be written."""
+"""``fcvc caption`` on video files: the TSV lines, and captions kept when the figures cannot be written."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,29 @@ def _fcvc(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FCVC_PROGRESS": "0"}
     return subprocess.run([sys.executable, "-m", "fcvc_pipeline", *args], capture_output=True, text=True,
                           env=env, timeout=300)
+
+
+def test_names_with_newline_tab_and_backslash_stay_one_line_each(trained, tmp_path):
+    work, videos = trained
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    names = ["two\nlines", "a\ttab", "back\\slash", "carriage\rreturn", "plain"]
+    for name, source in zip(names, videos):
+        shutil.copy(source, clips / f"{name}.mp4")
+    proc = _fcvc("caption", str(clips), "--workdir", str(work), "--device", "cpu", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == len(names) + 1, proc.stdout  # one line per video, no more
+    rows = [line.split("\t") for line in lines[:-1]]
+    assert all(len(row) == 2 and row[1] for row in rows), rows
+    assert sorted(row[0] for row in rows) == sorted(
+        ["two\\nlines", "a\\ttab", "back\\\\slash", "carriage\\rreturn", "plain"])
+    # --json keeps the names as they are, with the same captions
+    doc = json.loads(_fcvc("caption", str(clips), "--workdir", str(work), "--device", "cpu", "--workers", "1",
+                           "--json").stdout)
+    escaped = {n: n.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+               for n in names}
+    assert {escaped[d["video"]]: d["caption"] for d in doc} == dict(map(tuple, rows))
 
 
 def test_captions_are_printed_when_the_attention_directory_is_read_only(trained, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.naming import tsv_field
 
 
 @click.command()
@@ -26,6 +27,11 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ..
             workers: int | None):
     """Caption video files or directories end to end: prints video<TAB>caption per video.
 
+    The video id is the file name without its extension. In both columns a backslash, tab, newline or
+    carriage return is written as \\\\, \\t, \\n or \\r, so each video is exactly one line of two
+    columns (--json gives the names unescaped). When --attention figures cannot be written (read-only or
+    full directory) the captions are still printed, with a warning, and the exit code is 1.
+
     \b
     Examples:
       fcvc caption my_video.mp4
@@ -40,7 +46,7 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ..
         result = run_caption(cfg)
         if not json_out:
             for item in result.items:
-                click.echo(f"{item['video']}\t{item['caption']}")
+                click.echo(f"{tsv_field(item['video'])}\t{tsv_field(item['caption'])}")
         return result
 
     run_and_exit(go, json_out=json_out, verbose=verbose)
