@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,43 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours part of its message on terminals
+# torch's sentence naming the object it refused (the wording differs between torch versions) ...
+_REFUSED_OBJECT = re.compile(r"(?:Unsupported global: )?GLOBAL \S+ (?:was not an allowed global by default"
+                             r"|whose module \S+ is blocked)|\S+ must be \S+ to load")
+# ... or the pickle instruction its weights-only reader does not know
+_REFUSED_OPCODE = re.compile(r"Unsupported operand \S+")
+
+
+def torch_load_failure(error: BaseException) -> tuple[str, str | None]:
+    """Why ``torch.load(..., weights_only=True)`` raised ``error``: one line for a message, and a hint.
+
+    torch's own text runs to several paragraphs and tells the reader to rerun with ``weights_only=False``;
+    cut short, it loses the condition that matters (only for a file from a source you trust). A refused
+    file is described here in full, in our words, keeping torch's sentence that names what it refused.
+    """
+    text = _ANSI.sub("", str(error))
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        if found := _REFUSED_OBJECT.search(text):
+            what = (f"it holds pickled Python objects other than tensors and plain values "
+                    f"(torch: {found.group(0)})")
+        elif found := _REFUSED_OPCODE.search(text):
+            what = (f"its pickle uses an instruction that the tensors-only reader does not accept "
+                    f"(torch: {found.group(0)})")
+        else:
+            what = "its pickle holds something other than tensors and plain values"
+        return (f"{what}; refused for safety: fcvc loads with torch.load(weights_only=True), because unpickling "
+                "other objects can run arbitrary code",
+                "only if you trust the source of this file: load it with torch.load(weights_only=False), "
+                "torch.save just its tensors (a state dict), and use that file")
+    if isinstance(error, EOFError):
+        return "the file ends early (EOFError): it is empty or truncated", None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "(no message)")
+    if len(first) > 300:
+        first = first[:300].rsplit(" ", 1)[0] + " \u2026"
+    return f"{type(error).__name__}: {first}", None
 
 
 def read_json(path: str | Path) -> Any:

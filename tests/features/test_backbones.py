@@ -281,3 +281,16 @@ def test_state_files_are_loaded_as_weights_only(tmp_path):
     np.save(tmp_path / "not_torch.npy", np.zeros(3))
     with pytest.raises(InputError):
         load_state_file(tmp_path / "not_torch.npy")
+
+
+def test_a_refused_weights_file_says_it_holds_other_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"w": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError) as e:
+        load_state_file(tmp_path / "evil.pt")
+    message = str(e.value)
+    assert "Python objects other than tensors" in message and "GLOBAL" in message and "print" in message
+    assert "weights_only=True" in message and "only if you trust the source" in e.value.hint

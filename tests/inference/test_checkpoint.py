@@ -173,6 +173,18 @@ def test_forbidden_globals_are_refused_without_running_code(tmp_path):
         assert not marker.exists(), f"{name}: loading ran code"
 
 
+def test_a_refused_pickle_says_why_in_full(tmp_path):
+    """torch's long refusal used to be cut mid-sentence, before its condition (trust the file's source)."""
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "best.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": {}, "x": _Mkdir(marker)}, path)
+    err = assert_input_error(path, "not a loadable fcvc checkpoint", "Python objects other than tensors",
+                             "weights_only=True", "arbitrary code", f"GLOBAL {os.mkdir.__module__}.mkdir")
+    assert "only if you trust the source" in err.hint
+    assert "\n" not in err.reason and "\x1b" not in str(err)
+    assert not marker.exists()
+
+
 def test_loadable_files_that_are_not_fcvc_checkpoints(tmp_path, saved):
     model, _ = saved
     cases = {

@@ -26,6 +26,7 @@ from torch import nn
 from torchvision.models import Inception_V3_Weights, inception_v3
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from fcvc_pipeline.artifacts import torch_load_failure
 from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.features.video import ClipSpec
 
@@ -81,7 +82,8 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(path, f"cannot load as a PyTorch state dict ({type(e).__name__}: {str(e)[:200]})") from None
+        reason, hint = torch_load_failure(e)
+        raise InputError(path, f"cannot load as a PyTorch state dict: {reason}", hint=hint) from None
     for key in ("state_dict", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

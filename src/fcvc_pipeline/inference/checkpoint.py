@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fcvc_pipeline.artifacts import atomic_torch_save
+from fcvc_pipeline.artifacts import atomic_torch_save, torch_load_failure
 from fcvc_pipeline.captions.vocabulary import Vocabulary
 from fcvc_pipeline.errors import ConfigError, InputError, MissingArtifactError
 from fcvc_pipeline.inference.options import DecodingOptions
@@ -71,8 +71,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated or empty files, forbidden globals
-        detail = (str(e).splitlines() or ["(no message)"])[0][:200]
-        raise InputError(path, f"not a loadable fcvc checkpoint ({type(e).__name__}: {detail})") from None
+        reason, hint = torch_load_failure(e)
+        raise InputError(path, f"not a loadable fcvc checkpoint: {reason}", hint=hint) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model_config" not in ckpt:
         raise InputError(path, "not an fcvc checkpoint (missing format/model_config)")
     if DIGEST_KEY in ckpt:
