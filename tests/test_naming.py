@@ -1,6 +1,6 @@
 import re
 
-from fcvc_pipeline.naming import is_safe, safe_name, tsv_field
+from fcvc_pipeline.naming import is_safe, safe_name, short_id, tsv_field
 
 
 def test_safe_ids_are_unchanged():
@@ -30,3 +30,14 @@ def test_tsv_field_escapes_what_would_split_a_row_and_can_be_read_back():
     unescape = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
     assert re.sub(r"\\(.)", lambda m: unescape[m.group(1)], field) == raw
     assert tsv_field("plain id-1.mp4 é") == "plain id-1.mp4 é"
+
+
+def test_short_id_cuts_long_ids_and_says_how_long_they_were():
+    assert short_id("v1") == "'v1'"
+    assert short_id("x" * 80, limit=82) == repr("x" * 80)
+    shown = short_id("x" * 5000)
+    assert shown == "'" + "x" * 77 + "\u2026' (5000 characters)"
+    assert len(shown.split(" (")[0]) == 80
+    newlines = short_id("\n" * 300, limit=20)
+    assert len(newlines.split(" (")[0]) <= 20 and newlines.endswith("\u2026' (300 characters)")
+    assert short_id(list(range(100)), limit=20).endswith("\u2026 (390 characters)")

@@ -3,7 +3,8 @@
 :func:`safe_name` maps any id to a name that is one path component, printable ASCII, not special
 (``.``/``..``), not a name the Zarr store reserves for itself (``zarr.json``), and at most 120
 characters; the mapping is injective (distinct ids never collide) and ids that are already safe map to
-themselves. :func:`tsv_field` makes an id safe for one column of a tab-separated line.
+themselves. :func:`tsv_field` makes an id safe for one column of a tab-separated line, and
+:func:`short_id` shortens an id for a message a person reads.
 """
 
 from __future__ import annotations
@@ -49,3 +50,21 @@ def tsv_field(text: str) -> str:
     for raw, escaped in _TSV_ESCAPES:
         text = text.replace(raw, escaped)
     return text
+
+
+def short_id(text: object, limit: int = 80) -> str:
+    """``repr(text)`` for a message a person reads, at most ``limit`` characters of it.
+
+    A longer id keeps its start, quoted, with an ellipsis before the closing quote and its length after
+    it: ``short_id("x" * 5000, 12)`` is ``'xxxxxxxxx…' (5000 characters)``.
+    """
+    shown = repr(text)
+    if len(shown) <= limit:
+        return shown
+    if not isinstance(text, str):  # a number or list read from a JSON file: cut its repr
+        return f"{shown[:limit - 1]}\u2026 ({len(shown)} characters)"
+    keep = max(1, limit - 3)
+    while keep > 1 and len(repr(text[:keep])) > limit - 1:  # escapes (\n, \x00) take several characters
+        keep -= 1
+    head = repr(text[:keep])
+    return f"{head[:-1]}\u2026{head[-1]} ({len(text)} characters)"

@@ -186,3 +186,18 @@ def test_empty_test_split_is_reported(tmp_path, capsys):
     run_vocab(VocabConfig(annotations=jsonl(tmp_path / "a.jsonl", ROWS[:5]), workdir=tmp_path / "w"))
     err = capsys.readouterr().err
     assert "the test split is empty" in err and "val split is empty" not in err
+
+
+def test_a_very_long_id_is_shortened_in_messages_but_kept_whole_in_json(tmp_path):
+    long_id = "clip-" + "x" * 4995  # a 5,000-character id: unsafe as a file name, so vocab warns about it
+    ann = jsonl(tmp_path / "a.jsonl", [("v1", "train", "a dog runs"), (long_id, "train", "a cat sits"),
+                                       ("v2", "test", "a dog sits")])
+    r = CliRunner().invoke(main, ["vocab", str(ann), "--workdir", str(tmp_path / "w"), "--min-count", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert long_id not in r.stderr and max(len(line) for line in r.stderr.splitlines()) < 400
+    assert "'clip-xxx" in r.stderr and "\u2026' (5000 characters)" in r.stderr
+    assert json.loads(r.stdout)["unsafe_ids"]["first"] == [long_id]
+    # an error about the id shortens it too
+    clash = jsonl(tmp_path / "b.jsonl", [(long_id, "train", "a cat sits"), (long_id, "test", "a cat sits")])
+    r = CliRunner().invoke(main, ["vocab", str(clash), "--workdir", str(tmp_path / "w2")])
+    assert r.exit_code == 2 and long_id not in r.stderr and "(5000 characters)" in r.stderr

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 from fcvc_pipeline.captions.splits import MSVD_CLIPS, SplitSpec, msvd_standard_split, normalize_split, read_split_file
 from fcvc_pipeline.captions.text import clean_reference, read_text
 from fcvc_pipeline.errors import ConfigError, InputError
-from fcvc_pipeline.naming import is_safe
+from fcvc_pipeline.naming import is_safe, short_id
 
 FORMATS = ("msvd-csv", "msrvtt-json", "coco-json", "csv", "jsonl")
 MAX_CAPTION_CHARS = 10_000
@@ -94,8 +94,9 @@ def _video_id(path: Path, value: Any, where: str, line: int | None = None) -> st
         raise InputError(path, f"{where}: empty video id", line=line)
     bad = _CONTROL.search(vid)
     if bad:
-        raise InputError(path, f"{where}: video id {vid!r} contains a control character (U+{ord(bad.group()):04X})",
-                         line=line, hint="video ids must be printable; fix the id in the file")
+        raise InputError(path, f"{where}: video id {short_id(vid)} contains a control character "
+                               f"(U+{ord(bad.group()):04X})", line=line,
+                         hint="video ids must be printable; fix the id in the file")
     return vid
 
 
@@ -120,7 +121,7 @@ class _Collector:
             self.splits[vid], self.split_where[vid] = split, where
         elif old != split:
             here = "here" if line is not None else f"at {where}"
-            raise InputError(self.path, f"video {vid!r} is listed as {split} {here} but as {old} at "
+            raise InputError(self.path, f"video {short_id(vid)} is listed as {split} {here} but as {old} at "
                                         f"{self.split_where[vid]}", line=line)
 
     def caption(self, vid: str, text: Any, where: str, line: int | None = None) -> None:
@@ -244,7 +245,7 @@ def _read_plain_csv(path: Path, text: str, col: _Collector) -> None:
         if si is not None and row[si].strip():
             split = normalize_split(row[si])
             if split is None:
-                raise InputError(path, f"unknown split {row[si]!r} (expected train, val/validate or test)",
+                raise InputError(path, f"unknown split {short_id(row[si])} (expected train, val/validate or test)",
                                  line=line)
         col.video(vid, split, f"line {line}", line)
         col.caption(vid, row[ci], f"line {line}", line)
@@ -278,7 +279,7 @@ def _read_jsonl(path: Path, text: str, col: _Collector) -> None:
         if obj.get("split") not in (None, ""):
             split = normalize_split(obj["split"])
             if split is None:
-                raise InputError(path, f"unknown split {obj['split']!r}", line=line)
+                raise InputError(path, f"unknown split {short_id(obj['split'])}", line=line)
         col.video(vid, split, f"line {line}", line)
         col.caption(vid, cap, f"line {line}", line)
         any_row = True
@@ -302,7 +303,7 @@ def _split_of(path: Path, entry: dict, where: str) -> str | None:
         return None
     split = normalize_split(value)
     if split is None:
-        raise InputError(path, f"{where}: unknown split {value!r} (expected train, validate/val or test)")
+        raise InputError(path, f"{where}: unknown split {short_id(value)} (expected train, validate/val or test)")
     return split
 
 

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping
 from fcvc_pipeline.artifacts import file_fingerprint, fingerprint
 from fcvc_pipeline.captions.text import read_text
 from fcvc_pipeline.errors import InputError
+from fcvc_pipeline.naming import short_id
 
 MSVD_CLIPS = 1970
 MSVD_COUNTS = (("train", 1200), ("val", 100), ("test", 670))
@@ -84,7 +85,7 @@ def _set_split(mapping: dict[str, str], vid: str, split: str, path: Path, where:
     if old is not None and old != split:
         line = where if isinstance(where, int) else None
         at = f" ({where})" if isinstance(where, str) else ""
-        raise InputError(path, f"video {vid!r} is given two splits ({old} and {split}){at}", line=line)
+        raise InputError(path, f"video {short_id(vid)} is given two splits ({old} and {split}){at}", line=line)
     mapping[vid] = split
 
 
@@ -93,7 +94,7 @@ def _split_value(path: Path, value: Any, where: int | str) -> str:
     if split is None:
         line = where if isinstance(where, int) else None
         at = f" at {where}" if isinstance(where, str) else ""
-        raise InputError(path, f"unknown split {value!r}{at} (expected train, val/validate or test)", line=line)
+        raise InputError(path, f"unknown split {short_id(value)}{at} (expected train, val/validate or test)", line=line)
     return split
 
 
@@ -117,14 +118,15 @@ def _read_json(path: Path, raw: Any) -> SplitSpec:
     mapping: dict[str, str] = {}
     if raw and all(isinstance(v, list) for v in raw.values()):  # {"train": [...], ...}
         for key, ids in raw.items():
-            split = _split_value(path, key, f"key {key!r}")
+            split = _split_value(path, key, f"key {short_id(key)}")
             for i, vid in enumerate(ids):
                 if not isinstance(vid, (str, int)) or str(vid).strip() == "":
                     raise InputError(path, f"{key}[{i}]: a video id must be a non-empty string")
                 _set_split(mapping, str(vid).strip(), split, path, f"{key}[{i}]")
     else:  # {"video_id": "split", ...}
         for vid, value in raw.items():
-            _set_split(mapping, vid.strip(), _split_value(path, value, f"key {vid!r}"), path, f"key {vid!r}")
+            where = f"key {short_id(vid)}"
+            _set_split(mapping, vid.strip(), _split_value(path, value, where), path, where)
     if not mapping:
         raise InputError(path, "the split file names no videos")
     return SplitSpec(path, mapping=mapping, fingerprint=fp)

@@ -43,6 +43,7 @@ from fcvc_pipeline.captions.vocabulary import (
 )
 from fcvc_pipeline.errors import ConfigError, FcvcError, InputError, require
 from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.naming import short_id
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 STAGE = "vocab"
@@ -183,7 +184,7 @@ def _pct(x: float) -> str:
 
 def _ids(sample: dict[str, Any]) -> str:
     more = ", ..." if sample["count"] > len(sample["first"]) else ""
-    return ", ".join(repr(i) for i in sample["first"]) + more
+    return ", ".join(short_id(i) for i in sample["first"]) + more
 
 
 def log_stats(stats: dict[str, Any], features: dict[str, Any] | None) -> None:
