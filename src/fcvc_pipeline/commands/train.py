@@ -53,7 +53,10 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
     Examples:
       fcvc train --model fcvc-cf-ia --epochs 30
       fcvc train --model all                       # every model of the paper's Table 4 + LSTM, then a score table
-      torchrun --nproc-per-node 2 -m fcvc_pipeline train --device cuda
+      torchrun --nproc-per-node 2 -m fcvc_pipeline -- train --run big --device cuda
+
+    Under torchrun, put -- after the module name: torchrun checks the options after the module against
+    its own, and --run reads to it as an abbreviation of its --run-path.
     """
     # deferred: torch loads only when the command runs, so --help stays instant
     from fcvc_pipeline.stages.ablation import run_ablation  # noqa: PLC0415
