@@ -107,6 +107,17 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an OSError that names no file (zarr's writes do not) the path being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+        raise
+
+
 class Claim:
     """A per-video writer lock (see :meth:`FeatureStore.claim`); release it when done."""
 
@@ -183,10 +194,11 @@ class FeatureStore:
                                         hint="use another --workdir, or --force to rebuild the store")
                 return store
             # one metadata write: a reader (which takes no lock) never sees a root without its attributes
-            root = zarr.create_group(str(path), zarr_format=3, attributes={
-                "format_version": FORMAT_VERSION, "settings": settings,
-                "settings_fingerprint": fingerprint(settings), "created": time.time()})
-            root.require_group("videos")
+            with naming(path):
+                root = zarr.create_group(str(path), zarr_format=3, attributes={
+                    "format_version": FORMAT_VERSION, "settings": settings,
+                    "settings_fingerprint": fingerprint(settings), "created": time.time()})
+                root.require_group("videos")
             return cls(path, root)
 
     # -- metadata ------------------------------------------------------------------------------
@@ -255,6 +267,10 @@ class FeatureStore:
         dtype = self.settings.get("dtype", "float16")
         stored = {name: np.asarray(value).astype(dtype) if name in FLOAT_ARRAYS else np.asarray(value)
                   for name, value in arrays.items()}
+        with naming(self.path / "videos" / safe_name(video_id)):
+            self._write_video(video_id, stored, attrs)
+
+    def _write_video(self, video_id: str, stored: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
         name = safe_name(video_id)
         try:
             group = self._videos().require_group(name)
@@ -279,8 +295,9 @@ class FeatureStore:
                 shutil.rmtree(old, ignore_errors=True)
 
     def record_failure(self, video_id: str, *, path: str, stage: str, error: str) -> None:
-        group = self._videos().require_group(safe_name(video_id))
-        group.attrs.put({"video_id": video_id, "complete": False,
+        with naming(self.path / "videos" / safe_name(video_id)):
+            group = self._videos().require_group(safe_name(video_id))
+            group.attrs.put({"video_id": video_id, "complete": False,
                          "failure": {"path": path, "stage": stage, "error": error}})
 
     # -- coordination between writers and self-description (used by ``fcvc extract``) --------------
@@ -341,10 +358,12 @@ class FeatureStore:
 
     def put_backbone(self, name: str, record: dict[str, Any], blobs: dict[str, bytes] | None = None) -> None:
         """Save blobs (uint8 arrays ``backbones/<key>``) and then ``record`` under ``name`` (last)."""
-        group = self._root.require_group("backbones")
-        for key, data in (blobs or {}).items():
-            group.create_array(key, data=np.frombuffer(data, dtype=np.uint8), overwrite=True, compressors=CHECKSUMMED)
-        group.attrs.update({name: record})
+        with naming(self.path / "backbones"):
+            group = self._root.require_group("backbones")
+            for key, data in (blobs or {}).items():
+                group.create_array(key, data=np.frombuffer(data, dtype=np.uint8), overwrite=True,
+                                   compressors=CHECKSUMMED)
+            group.attrs.update({name: record})
 
     def get_blob(self, key: str) -> bytes:
         try:
