@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.errors import ConfigError, MismatchError
+from fcvc_pipeline.errors import ConfigError, InputError, MismatchError
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.stages.extract import ExtractConfig, extract_like, run_extract
 from tests.videos import (
@@ -293,6 +294,27 @@ def test_two_concurrent_writers_equal_a_single_process_run(tmp_path):
             for key in ref[vid]:
                 np.testing.assert_allclose(got[vid][key].astype(np.float32), ref[vid][key].astype(np.float32),
                                            rtol=2e-3, atol=2e-3, err_msg=f"{name} {vid} {key}")
+
+
+def test_a_weights_file_that_does_not_load_leaves_no_store_to_block_the_retry(tmp_path):
+    """A weights file that fails to load stops the run before the store records it as a setting, so the
+    corrected rerun (other weights) needs no --force."""
+    make_corpus(tmp_path / "v", 2)
+    text = tmp_path / "inception.pt"
+    text.write_text("these are not weights\n")
+    other_layout = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, other_layout)
+    cases = [(dict(inception_weights=str(text)), text, "cannot load as a PyTorch state dict"),
+             (dict(inception_weights=str(other_layout)), other_layout, "torchvision Inception-V3 layout"),
+             (dict(c3d_weights=str(text)), text, "cannot load as a PyTorch state dict")]
+    for k, (options, path, words) in enumerate(cases):
+        store_path = tmp_path / f"f{k}.zarr"
+        with pytest.raises(InputError) as e:
+            run_extract(cfg([tmp_path / "v"], store_path, **options))
+        assert str(path) in str(e.value) and words in str(e.value), str(e.value)
+        assert not FeatureStore.exists(store_path), options
+        fixed = run_extract(cfg([tmp_path / "v"], store_path))  # random weights, no --force
+        assert fixed.exit_code == 0 and fixed.completed == 2
 
 
 # -- extract_like: the same networks for new videos ----------------------------------------------

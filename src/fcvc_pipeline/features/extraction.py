@@ -6,6 +6,10 @@ complete and unchanged on disk, prepares the networks (``features/networks.py``:
 reloaded exactly), and runs the decode -> forward -> write loop (``features/loop.py``) over the rest.
 :func:`extract_like` extracts new videos with exactly the settings and networks of an existing store
 (``fcvc caption``).
+
+A new store is created only after everything that can fail in preparing the networks before it has
+(downloads, loading each weights file into its network): a bad ``--inception-weights FILE`` is an error
+that leaves no store behind, so the corrected rerun is not refused as "other settings".
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import torch
 from fcvc_pipeline import progress
 from fcvc_pipeline.devices import device_for_rank
 from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, MismatchError
-from fcvc_pipeline.features.backbones import hub_state, imagenet_inception_state, parse_weights
+from fcvc_pipeline.features.backbones import (
+    build_clip_model,
+    build_inception_v3,
+    hub_state,
+    imagenet_inception_state,
+    load_state_file,
+    parse_weights,
+)
 from fcvc_pipeline.features.decode_pool import DecodePool
 from fcvc_pipeline.features.loop import ExtractionLoop, video_status
 from fcvc_pipeline.features.networks import CalibrationData, prepare_backbones
@@ -78,7 +89,8 @@ def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
         progress.debug(f"frame size {settings['frame_size']} gives a {grid[0]}x{grid[1]} region grid "
                        f"(the paper's 8x8 needs 299)")
     if reference is None and (job.force or not FeatureStore.exists(store_path)):
-        _preflight(job)  # a missing download fails before a store is created with these settings
+        # what can fail in preparing the networks fails before a store records these settings
+        _preflight(job, settings)
     store = FeatureStore.create(store_path, settings, force=job.force)
     result = ExtractResult(store=store_path, device=str(device))
 
@@ -131,12 +143,20 @@ def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
     return result
 
 
-def _preflight(job: ExtractionJob) -> None:
-    """Fetch downloadable weights now (into torch's cache), so an offline machine fails early and cleanly."""
+def _preflight(job: ExtractionJob, settings: dict[str, Any]) -> None:
+    """Fetch downloadable weights now (into torch's cache), so an offline machine fails early and cleanly,
+    and load every weights file into its network (a file that is not a state dict of that network is an
+    error now, not after a store has recorded its hash as a setting)."""
     if job.inception.kind == "imagenet":
         imagenet_inception_state()
     if job.clip is not None and job.clip.kind == "hub":
         hub_state(job.clip_model)
+    if job.inception.kind == "path":
+        assert job.inception.path is not None
+        build_inception_v3(load_state_file(job.inception.path), source=job.inception.path)
+    if job.clip is not None and job.clip.kind == "path" and settings.get("clip"):
+        assert job.clip.path is not None
+        build_clip_model(settings["clip"]["model"], load_state_file(job.clip.path), source=job.clip.path)
 
 
 def _summary(result: ExtractResult) -> None:
