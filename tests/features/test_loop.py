@@ -247,9 +247,6 @@ class AfterFirstWriteFails(FakeBackbones):
         return super().frames(frames)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after a write error, ExtractionLoop._compute pops the next video's claim "
-                                       "from _held and then writer.submit() raises the stored error before queueing "
-                                       "it, so that claim (and its file descriptor) is never released")
 def test_every_claim_is_released_after_a_write_error(store, videos, monkeypatch):
     failing_writes(store, monkeypatch)
     loop = make_loop(store, AfterFirstWriteFails(store, "red"), batch_size=3)

@@ -82,6 +82,7 @@ class _Writer:
 
     def submit(self, job: _Job, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
         if self.error is not None:
+            job.claim.release()  # the job is not queued, so nothing else would release its claim
             raise self.error
         self._q.put((job, arrays, attrs))
 
