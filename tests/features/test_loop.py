@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,7 +194,7 @@ def test_non_finite_features_fail_that_video_only(store, videos):
     assert claims_are_free(store, ["red", "green", "blue"])
 
 
-def test_a_rerun_skips_busy_and_done_videos_and_redoes_changed_and_failed_ones(store, videos):
+def test_a_rerun_skips_done_videos_waits_for_busy_ones_and_redoes_changed_and_failed_ones(store, videos):
     def write_done(vid: str, **stat_changes) -> None:
         arrays = {"frame_indices": np.zeros(N, np.int32), "frame_features": np.zeros((N, D), np.float32)}
         store.write_video(vid, arrays, {"source": str(videos[vid]), **source_stat(videos[vid]), **stat_changes})
@@ -199,20 +203,112 @@ def test_a_rerun_skips_busy_and_done_videos_and_redoes_changed_and_failed_ones(s
     write_done("green", source_size=1)  # extracted from a file that has changed since
     store.record_failure("blue", path=str(videos["blue"]), stage="decode", error="earlier trouble")
     red_written = store.video_attrs("red")["written"]
-    other_writer = store.claim("text")  # being written by another process
+    other_writer = store.claim("text")  # being written by another writer, which finishes it a little later
     assert other_writer is not None
 
+    def finish_elsewhere() -> None:
+        write_done("text")
+        other_writer.release()
+
+    timer = threading.Timer(1.0, finish_elsewhere)
+    timer.start()
     loop = make_loop(store, FakeBackbones())
     stats = loop.run(sources(videos["red"], videos["green"], videos["blue"], videos["text"]))
-    assert (stats.completed, stats.late_up_to_date, stats.busy, stats.failed) == (2, 1, 1, {})
+    timer.join()
+    assert (stats.completed, stats.late_up_to_date, stats.busy, stats.taken_over) == (2, 2, 1, 0)
+    assert stats.failed == {} and stats.left == [] and stats.stopped_by is None
     assert loop.bar.updates == 4
     assert store.video_attrs("red")["written"] == red_written  # left alone
     assert store.read_video("green").attrs["source_size"] == os.path.getsize(videos["green"])
     assert colour_of(store.read_video("green").frame_features) == "g"
     assert store.is_complete("blue") and store.failures() == {}
-    assert store.video_attrs("text") is None  # never touched
-    assert store.claim("text") is None  # the other writer's claim is not ours to release
-    other_writer.release()
+    assert not store.read_video("text").frame_features.any()  # the other writer's, not rewritten here
+
+
+HOLDER = """
+import os, sys, time
+import numpy as np
+from fcvc_pipeline.features.store import FeatureStore
+store = FeatureStore.open(sys.argv[1], mode="a")
+finished, abandoned, stat = sys.argv[2], sys.argv[3], dict(size=int(sys.argv[4]), mtime=int(sys.argv[5]))
+claims = {vid: store.claim(vid) for vid in (finished, abandoned)}
+assert all(claims.values()), "the claims should be free"
+print("holding", flush=True)
+time.sleep(1.5)
+store.write_video(finished, {"frame_indices": np.zeros(3, np.int32), "frame_features": np.zeros((3, 8))},
+                  {"source": "elsewhere", "source_size": stat["size"], "source_mtime_ns": stat["mtime"]})
+claims[finished].release()
+time.sleep(1.0)
+os.kill(os.getpid(), 9)  # dies holding the other claim: the OS releases it
+"""
+
+
+def test_videos_held_by_a_live_process_are_waited_for_and_taken_over_when_it_dies(store, videos, tmp_path):
+    """Another process holds two claims: it finishes one video and dies holding the other. The loop waits
+    for both instead of returning; the finished one is left alone, the abandoned one is extracted here."""
+    green_stat = source_stat(videos["green"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store.path), "green", "blue",
+                               str(green_stat["source_size"]), str(green_stat["source_mtime_ns"])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        t0 = time.monotonic()
+        loop = make_loop(store, FakeBackbones(), batch_size=3)
+        stats = loop.run(sources(videos["red"], videos["green"], videos["blue"]))
+        waited = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == -9
+    assert waited > 2.0, f"returned after {waited:.1f} s: it did not wait for the holder"
+    assert (stats.completed, stats.late_up_to_date, stats.busy, stats.taken_over) == (2, 1, 2, 1)
+    assert stats.failed == {} and stats.left == [] and loop.bar.updates == 3
+    assert store.completed_ids() == ["blue", "green", "red"]
+    assert store.read_video("green").attrs["source"] == "elsewhere"  # the holder's work, kept
+    assert colour_of(store.read_video("blue").frame_features) == "b"  # taken over and extracted here
+    assert claims_are_free(store, ["red", "green", "blue"])
+
+
+class SignalDuringForward(FakeBackbones):
+    """Sends this process a real signal during the forward of its ``at``-th batch."""
+
+    def __init__(self, sig: int, at: int):
+        super().__init__()
+        self.sig, self.at = sig, at
+
+    def frames(self, frames):
+        if len(self.frame_calls) + 1 == self.at:
+            os.kill(os.getpid(), self.sig)
+        return super().frames(frames)
+
+
+@pytest.fixture
+def signal_guard():
+    """While a test sends this process signals: one that the code under test does not take fails the test
+    (instead of stopping pytest)."""
+
+    def escaped(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the test's own handler")
+
+    previous = {sig: signal.signal(sig, escaped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_writes_what_was_computed_and_leaves_the_rest_untouched(store, videos, sig, signal_guard):
+    before = signal.getsignal(sig)
+    fake = SignalDuringForward(sig, at=2)
+    loop = make_loop(store, fake, batch_size=3)  # one video per forward
+    stats = loop.run(sources(videos["red"], videos["green"], videos["blue"]))
+    assert signal.getsignal(sig) is before  # the handler is the loop's only while it runs
+    assert stats.stopped_by == sig
+    assert len(fake.frame_calls) == 2  # the forward under way finished; no further one started
+    assert stats.completed == 2 and store.completed_ids() == ["green", "red"]
+    assert stats.left == ["blue"] and stats.failed == {}
+    assert store.video_attrs("blue") is None  # nothing of it was written
+    assert claims_are_free(store, ["red", "green", "blue"])
 
 
 def failing_writes(store: FeatureStore, monkeypatch) -> None:

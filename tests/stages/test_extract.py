@@ -296,6 +296,141 @@ def test_two_concurrent_writers_equal_a_single_process_run(tmp_path):
                                            rtol=2e-3, atol=2e-3, err_msg=f"{name} {vid} {key}")
 
 
+def _held_elsewhere(store: FeatureStore, vid: str) -> bool:
+    """True when another process holds the claim of ``vid`` (probing takes it for an instant if it is free)."""
+    claim = store.claim(vid)
+    if claim is None:
+        return True
+    claim.release()
+    return False
+
+
+def _wait_for_first_complete(proc: subprocess.Popen, store_path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (store_path / "videos").is_dir() and FeatureStore.open(store_path).completed_ids():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no video was complete within {timeout:g} s (exit code {proc.poll()})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_keeps_finished_videos_says_so_and_a_rerun_extracts_only_the_rest(tmp_path, sig):
+    """What a cluster scheduler (SIGTERM) or Ctrl-C (SIGINT) does: the signal reaches the whole process group,
+    decode workers included. The run stops soon, writes nothing half, says what was kept; exit 128 + signal."""
+    make_corpus(tmp_path / "v", 8)
+    store_path = tmp_path / "f.zarr"
+    ids = [f"clip{i:02d}" for i in range(8)]
+    args = [str(tmp_path / "v"), "--store", str(store_path), *TINY_CLI, "--frame-size", "139", "--batch-size", "3"]
+    proc = cli(args, start_new_session=True)  # its own process group, like a job's
+    try:
+        _wait_for_first_complete(proc, store_path)
+        sent = time.monotonic()
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+        stop_seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    name = signal.Signals(sig).name
+    print(f"{name}: exit {proc.returncode} {stop_seconds:.2f} s after the signal")
+    assert proc.returncode == 128 + sig, err
+    before = _assert_complete_means_whole(store_path, 3)
+    assert 1 <= len(before) < 8, "the run finished before it could be stopped; the test proves nothing"
+    assert f"{name}: extraction stopped; this run extracted {len(before)} video" in err, err
+    assert f"{len(before)} of the 8 videos are complete in {store_path}, {8 - len(before)} left" in err, err
+    assert "rerun the same `fcvc extract` command to continue" in err, err
+    assert stop_seconds < 30, f"stopping took {stop_seconds:.1f} s"
+    store = FeatureStore.open(store_path)
+    for vid in ids:  # each video is complete or absent: nothing half-written, no failure recorded
+        attrs = store.video_attrs(vid)
+        assert attrs is None or attrs.get("complete") is True, (vid, attrs)
+    assert not any(_held_elsewhere(store, vid) for vid in ids)  # every claim was released
+    written = {vid: store.video_attrs(vid)["written"] for vid in before}
+
+    again = cli(args + ["--json"])
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    doc = json.loads(out)
+    assert (doc["completed"], doc["up_to_date"], doc["failed"]) == (8 - len(before), len(before), {})
+    assert len(_assert_complete_means_whole(store_path, 3)) == 8
+    store = FeatureStore.open(store_path)
+    assert {vid: store.video_attrs(vid)["written"] for vid in before} == written  # kept, not redone
+
+
+@pytest.mark.slow
+def test_a_stop_signal_while_the_networks_are_prepared_says_so(tmp_path):
+    make_corpus(tmp_path / "v", 8)
+    store_path = tmp_path / "f.zarr"
+    # full-size frames and 64 calibration frames: preparing the random network takes a while
+    args = [str(tmp_path / "v"), "--store", str(store_path), *TINY_CLI, "--frame-size", "299",
+            "--calibration-frames", "64"]
+    proc = cli(args)
+    deadline = time.monotonic() + 120
+    while not FeatureStore.exists(store_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM: extraction stopped; this run extracted 0 videos, 0 of the 8 videos are complete" in err, err
+    assert "rerun the same `fcvc extract` command" in err
+    assert FeatureStore.open(store_path).completed_ids() == []
+
+
+@pytest.mark.slow
+def test_a_survivor_takes_over_the_videos_a_killed_writer_held_and_exits_0_with_all_complete(tmp_path):
+    """Two unsharded writers into one store. The first is frozen (SIGSTOP) while it holds claims of unfinished
+    videos, so the second finds them busy; then the first is killed (SIGKILL). The second must not report
+    success for an incomplete store: it waits, takes the freed videos over, and exits 0 with all complete."""
+    make_corpus(tmp_path / "v", 8)
+    store_path = tmp_path / "f.zarr"
+    ids = [f"clip{i:02d}" for i in range(8)]
+    args = [str(tmp_path / "v"), "--store", str(store_path), *TINY_CLI, "--frame-size", "139", "--batch-size", "3",
+            "--json"]
+    victim = cli(args)
+    survivor = None
+    try:
+        deadline = time.monotonic() + 120
+        held: list[str] = []
+        while not held:
+            assert time.monotonic() < deadline and victim.poll() is None, "the first writer never held a claim"
+            time.sleep(0.05)
+            if not (store_path / "videos").is_dir():
+                continue
+            victim.send_signal(signal.SIGSTOP)
+            store = FeatureStore.open(store_path)
+            held = [vid for vid in ids if not store.is_complete(vid) and _held_elsewhere(store, vid)]
+            if not held:
+                victim.send_signal(signal.SIGCONT)
+        done_by_victim = FeatureStore.open(store_path).completed_ids()
+
+        survivor = cli(args)
+        others = [vid for vid in ids if vid not in held]
+        while not all(FeatureStore.open(store_path).is_complete(vid) for vid in others):
+            assert time.monotonic() < deadline + 120 and survivor.poll() is None, survivor.communicate()[1]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert survivor.poll() is None, "the survivor ended while another process still held videos"
+        assert not any(FeatureStore.open(store_path).is_complete(vid) for vid in held)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate()
+        out, err = survivor.communicate(timeout=300)
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert survivor.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["taken_over"] == len(held) and doc["waited_for"] >= len(held), doc
+    assert doc["in_progress_elsewhere"] == 0 and doc["left"] == [] and doc["failed"] == {}
+    assert doc["completed"] == 8 - len(done_by_victim), doc
+    assert "waiting for" in err and "taking over" in err and all(vid in err for vid in held), err
+    assert sorted(_assert_complete_means_whole(store_path, 3)) == ids
+
+
 def test_a_weights_file_that_does_not_load_leaves_no_store_to_block_the_retry(tmp_path):
     """A weights file that fails to load stops the run before the store records it as a setting, so the
     corrected rerun (other weights) needs no --force."""

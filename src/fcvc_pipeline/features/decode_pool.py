@@ -5,6 +5,11 @@ and a video whose decord attempt hung or crashed is retried once with PyAV. Work
 subprocesses (``python -c ...``) talking over a socket pair with pickled messages, not
 ``multiprocessing`` children: nothing re-imports the caller's ``__main__`` module, and a worker dies
 with its parent (PR_SET_PDEATHSIG) even when the parent is killed with -9.
+
+Stopping is the parent's decision: workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C and a
+cluster scheduler reach every process of the job, and a worker that died of them would turn the video
+it was decoding into a failure). :meth:`DecodePool.imap` takes a ``stop`` callable and ends soon after
+it turns true; the workers are then killed or told to exit.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ def _quiet_native_logs() -> None:
 def worker_main(fd: int, decode_fn: str, quiet: bool) -> None:
     """Entry point of a decode worker process: decode each (task_id, path, plan) it is sent."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stopping is the parent's business (module docstring)
+        signal.signal(sig, signal.SIG_IGN)
     conn = Connection(fd)
     fn = _resolve(decode_fn)
     if quiet:
@@ -163,8 +169,10 @@ class DecodePool:
 
     :meth:`imap` takes items with a ``path`` attribute (or ``path_of(item)``) and yields a
     :class:`DecodeOutcome` per item in completion order, keeping at most ``prefetch`` decoded videos
-    waiting for the consumer. A worker that crashes or exceeds the timeout is killed and replaced;
-    when that happened inside decord (``plan.decoder == "auto"``), the video is retried once with PyAV.
+    waiting for the consumer. With ``stop`` (a callable), it also ends, within about 0.1 s, once
+    ``stop()`` is true; items handed out but not yielded are then abandoned (their workers killed).
+    A worker that crashes or exceeds the timeout is killed and replaced; when that happened inside
+    decord (``plan.decoder == "auto"``), the video is retried once with PyAV.
     ``decode_fn`` names the decoding function as ``"module:function"`` with the signature of
     :func:`decode_video` (tests substitute hanging or crashing ones).
     """
@@ -182,7 +190,8 @@ class DecodePool:
         self._stop = threading.Event()
 
     # -- consumer side ------------------------------------------------------------------------
-    def imap(self, items: Iterable[Any], *, path_of: Callable[[Any], Path] = lambda it: it.path) -> Iterator[DecodeOutcome]:
+    def imap(self, items: Iterable[Any], *, path_of: Callable[[Any], Path] = lambda it: it.path,
+             stop: Callable[[], bool] | None = None) -> Iterator[DecodeOutcome]:
         out: queue.Queue = queue.Queue()
         room = threading.Semaphore(self.prefetch)
         thread = threading.Thread(target=self._schedule, args=(iter(items), path_of, out, room),
@@ -191,7 +200,15 @@ class DecodePool:
         thread.start()
         try:
             while True:
-                msg = out.get()
+                if stop is None:
+                    msg = out.get()
+                else:
+                    try:
+                        msg = out.get(timeout=0.1)
+                    except queue.Empty:
+                        if stop():
+                            return
+                        continue
                 if msg is _DONE:
                     break
                 if isinstance(msg, BaseException):

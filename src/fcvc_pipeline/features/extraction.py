@@ -7,14 +7,19 @@ reloaded exactly), and runs the decode -> forward -> write loop (``features/loop
 :func:`extract_like` extracts new videos with exactly the settings and networks of an existing store
 (``fcvc caption``).
 
-A new store is created only after everything that can fail in preparing the networks before it has
-(downloads, loading each weights file into its network): a bad ``--inception-weights FILE`` is an error
-that leaves no store behind, so the corrected rerun is not refused as "other settings".
+- A new store is created only after everything that can fail in preparing the networks before it has
+  (downloads, loading each weights file into its network): a bad ``--inception-weights FILE`` is an
+  error that leaves no store behind, so the corrected rerun is not refused as "other settings".
+- SIGTERM and SIGINT stop a run with :class:`~fcvc_pipeline.errors.StoppedBySignal` (exit 143 / 130),
+  after the loop has written what it had computed; the message counts what the store keeps.
+- The result is judged by the store: exit 0 only when every video of this run (shard) is complete,
+  1 when some failed or (only possible when the loop was cut short) are neither complete nor failed.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,7 @@ import torch
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.devices import device_for_rank
-from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, MismatchError
+from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, FcvcError, MismatchError, StoppedBySignal
 from fcvc_pipeline.features.backbones import (
     build_clip_model,
     build_inception_v3,
@@ -35,7 +40,7 @@ from fcvc_pipeline.features.backbones import (
     parse_weights,
 )
 from fcvc_pipeline.features.decode_pool import DecodePool
-from fcvc_pipeline.features.loop import ExtractionLoop, video_status
+from fcvc_pipeline.features.loop import ExtractionLoop, Interrupted, stop_signals, video_status
 from fcvc_pipeline.features.networks import CalibrationData, prepare_backbones
 from fcvc_pipeline.features.settings import ExtractionJob, build_settings, clip_choice, decode_plan
 from fcvc_pipeline.features.store import FeatureStore
@@ -50,20 +55,28 @@ class ExtractResult:
     failed: dict[str, str] = field(default_factory=dict)  # video_id -> reason
     failed_paths: dict[str, str] = field(default_factory=dict)  # video_id -> path
     seconds: float = 0.0
-    in_progress_elsewhere: int = 0  # claimed by another writer during this run
+    waited_for: int = 0  # videos another running extraction was writing when this one came to them
+    taken_over: int = 0  # ... of which that extraction left unfinished (it died): extracted by this one
+    left: list[str] = field(default_factory=list)  # neither complete nor failed at the end (see exit_code)
     frames: int = 0  # frames pushed through the frame backbone
     compute_seconds: float = 0.0  # inside backbone forwards (incl. host<->device copies)
     loop_seconds: float = 0.0  # decode + compute + write, after the networks were ready
     device: str = ""
 
     @property
+    def in_progress_elsewhere(self) -> int:
+        return len(self.left)
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_ITEM_FAILURES if self.failed else EXIT_OK
+        """0 only when every video of this run is complete in the store; 1 with failures or videos left."""
+        return EXIT_ITEM_FAILURES if self.failed or self.left else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         return {"store": str(self.store), "completed": self.completed, "up_to_date": self.up_to_date,
                 "failed": dict(self.failed), "seconds": round(self.seconds, 3),
-                "in_progress_elsewhere": self.in_progress_elsewhere}
+                "in_progress_elsewhere": self.in_progress_elsewhere, "left": list(self.left),
+                "waited_for": self.waited_for, "taken_over": self.taken_over}
 
 
 def default_workers_and_batch(device: torch.device, workers: int | None, batch_size: int | None, frames: int = 15) -> tuple[int, int]:
@@ -77,10 +90,28 @@ def default_workers_and_batch(device: torch.device, workers: int | None, batch_s
 
 def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
                    settings: dict[str, Any] | None = None,
-                   path_overrides: dict[str, Path] | None = None) -> ExtractResult:
+                   path_overrides: dict[str, Path] | None = None,
+                   command: str | None = "fcvc extract") -> ExtractResult:
     """Extract the job's videos (this shard's) into its store; with ``reference``, rebuild that store's
-    networks and use its ``settings`` instead of deriving them from the job."""
+    networks and use its ``settings`` instead of deriving them from the job.
+
+    SIGTERM and SIGINT stop the run: the videos already computed are written, nothing half-done is left
+    in the store, and :class:`StoppedBySignal` (exit 143 / 130) says what was kept and that rerunning
+    ``command`` continues. Before the loop starts (building the networks) a signal stops at once.
+    """
     t0 = time.perf_counter()
+    extracted = [0]  # by this run, for the stop message
+    with stop_signals(interrupt=True):
+        try:
+            return _run_extraction(job, t0, extracted, reference=reference, settings=settings,
+                                   path_overrides=path_overrides, command=command)
+        except Interrupted as e:
+            raise _stopped(e.signum, job, extracted[0], command) from None
+
+
+def _run_extraction(job: ExtractionJob, t0: float, extracted: list[int], *, reference: FeatureStore | None,
+                    settings: dict[str, Any] | None, path_overrides: dict[str, Path] | None,
+                    command: str | None) -> ExtractResult:
     device = device_for_rank(job.device)
     settings = settings if settings is not None else build_settings(job)
     store_path = job.store_path
@@ -131,9 +162,12 @@ def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
         t_loop = time.perf_counter()
         stats = loop.run(todo)
         result.loop_seconds = time.perf_counter() - t_loop
+    extracted[0] = stats.completed
+    if stats.stopped_by is not None:
+        raise _stopped(stats.stopped_by, job, stats.completed, command)
     result.completed = stats.completed
     result.up_to_date += stats.late_up_to_date
-    result.in_progress_elsewhere = stats.busy
+    result.waited_for, result.taken_over, result.left = stats.busy, stats.taken_over, list(stats.left)
     result.failed = {vid: reason for vid, (_, reason) in sorted(stats.failed.items())}
     result.failed_paths = {vid: path for vid, (path, _) in sorted(stats.failed.items())}
     result.frames = stats.frames
@@ -141,6 +175,30 @@ def run_extraction(job: ExtractionJob, *, reference: FeatureStore | None = None,
     result.seconds = time.perf_counter() - t0
     _summary(result)
     return result
+
+
+def _stopped(signum: int, job: ExtractionJob, extracted: int, command: str | None) -> StoppedBySignal:
+    """What a stop signal kept: counted in the store itself, for this run's (shard's) videos."""
+    mine = job.mine()
+    done = failed = 0
+    if FeatureStore.exists(job.store_path):
+        try:
+            store = FeatureStore.open(job.store_path)
+            complete = set(store.completed_ids())
+            failures = set(store.failures())
+        except FcvcError:
+            complete, failures = set(), set()
+        done = sum(s.video_id in complete for s in mine)
+        failed = sum(s.video_id in failures for s in mine)
+    left = len(mine) - done
+    what = "this shard's" if job.shard[1] > 1 else "the"
+    failed_note = f", {failed} of them failed before" if failed else ""
+    message = (f"{signal.Signals(signum).name}: extraction stopped; this run extracted {extracted} "
+               f"video{'s' if extracted != 1 else ''}, {done} of {what} {len(mine)} videos are complete in "
+               f"{job.store_path}, {left} left{failed_note}")
+    again = f"the same `{command}` command" if command else "the same command"
+    return StoppedBySignal(signum, message, hint=f"rerun {again} to continue: complete videos are kept, "
+                                                 "the others are extracted then")
 
 
 def _preflight(job: ExtractionJob, settings: dict[str, Any]) -> None:
@@ -163,13 +221,18 @@ def _summary(result: ExtractResult) -> None:
     rate = result.completed / result.seconds if result.seconds > 0 else 0.0
     parts = [f"extracted {result.completed} videos in {result.seconds:.1f} s ({rate:.2f} videos/s)",
              f"{result.up_to_date} up to date"]
-    if result.in_progress_elsewhere:
-        parts.append(f"{result.in_progress_elsewhere} left to another running extraction")
+    if result.waited_for:
+        parts.append(f"{result.waited_for} were being written by another extraction "
+                     f"({result.taken_over} of them left unfinished there and extracted here)")
     if result.failed:
         parts.append(f"{len(result.failed)} failed")
+    if result.left:
+        parts.append(f"{len(result.left)} neither complete nor failed")
     progress.log("; ".join(parts))
     for vid, reason in result.failed.items():
         progress.log(f"  failed: {result.failed_paths.get(vid, vid)}: {reason}")
+    for vid in result.left:
+        progress.log(f"  not extracted: {vid}")
 
 
 def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, device: str = "auto",
@@ -207,7 +270,7 @@ def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, 
                         device=device, workers=workers, batch_size=batch_size, force=force)
     # the settings must be the reference's, byte for byte (a weights file is checked by hash below)
     return run_extraction(job, reference=ref, settings=dict(s),
-                          path_overrides={k: Path(v) for k, v in (weights_paths or {}).items()})
+                          path_overrides={k: Path(v) for k, v in (weights_paths or {}).items()}, command=None)
 
 
 def _placeholder(record: dict[str, Any]) -> str:

@@ -8,7 +8,9 @@ Caching: a store records its settings (every option that changes the features, a
 the weights); a rerun with the same settings skips every video that is complete and unchanged on
 disk (size and mtime), extracts new ones, retries failed and interrupted ones, and refuses other
 settings unless ``--force``. Scale-out: ``--shard I/N`` (or torchrun's RANK/WORLD_SIZE) takes every
-N-th video of the sorted input list; several processes may write one store at once.
+N-th video of the sorted input list; several processes may write one store at once (each waits for the
+videos another one is writing, and takes over those it leaves unfinished). SIGTERM / SIGINT: finished
+videos are kept and the run exits 143 / 130 saying so (docs/extract.md).
 """
 
 from __future__ import annotations
