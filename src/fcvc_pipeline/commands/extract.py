@@ -38,10 +38,13 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="auto: decord, falling back to PyAV for files decord cannot read.")
 @click.option("--calibration-frames", type=int, default=64, show_default=True,
               help="Frames used to re-estimate BatchNorm statistics of random weights.")
+@click.option("--verify", is_flag=True,
+              help="Read every complete video of INPUTS in full (checksums) first, and extract the damaged "
+                   "ones again (without it, only missing or cut chunk files are noticed).")
 @click.option("--force", is_flag=True, help="Delete a store made with other settings and rebuild it.")
 @common_options
 def extract(inputs, frames, frame_size, inception_weights, c3d_weights, clip_model, device, batch_size, workers,
-            shard, store, dtype, timeout, decoder, calibration_frames, force, workdir, json_out, verbose):
+            shard, store, dtype, timeout, decoder, calibration_frames, verify, force, workdir, json_out, verbose):
     """Extract Inception-V3 frame/region features and clip features from videos.
 
     INPUTS are video files, folders (searched recursively) or .txt files listing paths. The video id is
@@ -54,7 +57,7 @@ def extract(inputs, frames, frame_size, inception_weights, c3d_weights, clip_mod
         cfg = ExtractConfig(inputs=tuple(inputs), workdir=workdir, store=store, frames=frames, frame_size=frame_size,
                             inception_weights=inception_weights, c3d_weights=c3d_weights, clip_model=clip_model,
                             device=device, batch_size=batch_size, workers=workers, shard=shard, force=force,
-                            dtype=dtype, timeout=timeout, decoder=decoder, calibration_frames=calibration_frames)
+                            dtype=dtype, timeout=timeout, decoder=decoder, calibration_frames=calibration_frames, verify=verify)
         return run_extract(cfg)
 
     run_and_exit(run, json_out=json_out, verbose=verbose)

@@ -57,6 +57,7 @@ class ExtractResult:
     seconds: float = 0.0
     waited_for: int = 0  # videos another running extraction was writing when this one came to them
     taken_over: int = 0  # ... of which that extraction left unfinished (it died): extracted by this one
+    damaged: dict[str, str] = field(default_factory=dict)  # video_id -> file and reason (extracted again)
     left: list[str] = field(default_factory=list)  # neither complete nor failed at the end (see exit_code)
     frames: int = 0  # frames pushed through the frame backbone
     compute_seconds: float = 0.0  # inside backbone forwards (incl. host<->device copies)
@@ -76,7 +77,7 @@ class ExtractResult:
         return {"store": str(self.store), "completed": self.completed, "up_to_date": self.up_to_date,
                 "failed": dict(self.failed), "seconds": round(self.seconds, 3),
                 "in_progress_elsewhere": self.in_progress_elsewhere, "left": list(self.left),
-                "waited_for": self.waited_for, "taken_over": self.taken_over}
+                "waited_for": self.waited_for, "taken_over": self.taken_over, "damaged": dict(self.damaged)}
 
 
 def default_workers_and_batch(device: torch.device, workers: int | None, batch_size: int | None, frames: int = 15) -> tuple[int, int]:
@@ -126,6 +127,8 @@ def _run_extraction(job: ExtractionJob, t0: float, extracted: list[int], *, refe
     result = ExtractResult(store=store_path, device=str(device))
 
     mine = job.mine()
+    if job.verify:
+        result.damaged = _verify(store, mine)
     todo: list[VideoSource] = []
     reasons: dict[str, int] = {}
     for source in mine:
@@ -135,7 +138,11 @@ def _run_extraction(job: ExtractionJob, t0: float, extracted: list[int], *, refe
         else:
             todo.append(source)
             reasons[why] = reasons.get(why, 0) + 1
-            if why != "new":
+            if why == "damaged":
+                err = store.check_video(source.video_id)
+                result.damaged[source.video_id] = f"{err.path}: {err.reason}" if err else "damaged"
+                progress.log(f"  damaged, extracting again: {source.video_id!r}: {result.damaged[source.video_id]}")
+            elif why != "new":
                 progress.debug(f"  {source.path}: {why}")
     shard_note = f" (shard {job.shard[0]}/{job.shard[1]}: {len(mine)} of {len(job.sources)} videos)" if job.shard[1] > 1 else ""
     if not todo:
@@ -199,6 +206,27 @@ def _stopped(signum: int, job: ExtractionJob, extracted: int, command: str | Non
     again = f"the same `{command}` command" if command else "the same command"
     return StoppedBySignal(signum, message, hint=f"rerun {again} to continue: complete videos are kept, "
                                                  "the others are extracted then")
+
+
+def _verify(store: FeatureStore, sources: list[VideoSource]) -> dict[str, str]:
+    """``--verify``: read every complete video of ``sources`` in full; each damaged one is recorded as a
+    failure (stage ``verify``), which the run then extracts again. Returns {video: file and reason}."""
+    damaged: dict[str, str] = {}
+    for source in progress.bar(sources, desc="verifying", unit="video"):
+        err = store.check_video(source.video_id, full=True)
+        if err is None:
+            continue
+        claim = store.claim(source.video_id)
+        if claim is None:  # another writer is replacing it right now
+            continue
+        with claim:
+            damaged[source.video_id] = f"{err.path}: {err.reason}"
+            store.discard_video(source.video_id)
+            store.record_failure(source.video_id, path=str(source.path), stage="verify",
+                                 error=f"damaged features: {err.path}: {err.reason}")
+        progress.log(f"  damaged, extracting again: {source.video_id!r}: {damaged[source.video_id]}")
+    progress.log(f"{store.path}: verified {len(sources)} videos, {len(damaged)} damaged")
+    return damaged
 
 
 def _preflight(job: ExtractionJob, settings: dict[str, Any]) -> None:

@@ -64,6 +64,8 @@ def video_status(store: FeatureStore, source: VideoSource) -> str | None:
         return None  # extracted earlier; the file has gone since, the features stay valid
     if any(attrs.get(k) != v for k, v in stat.items()):
         return "changed on disk"
+    if store.check_video(source.video_id) is not None:  # a chunk file missing or cut short
+        return "damaged"
     return None
 
 

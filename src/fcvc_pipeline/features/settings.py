@@ -45,6 +45,7 @@ class ExtractionJob:
     timeout: float = 300.0  # seconds per video in a decode worker
     decoder: str = "auto"
     force: bool = False
+    verify: bool = False  # read every complete video in full first; damaged ones are extracted again
 
     def mine(self) -> list[VideoSource]:
         i, n = self.shard

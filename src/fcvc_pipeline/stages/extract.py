@@ -51,6 +51,7 @@ class ExtractConfig:
     timeout: float = 300.0  # seconds per video in a decode worker
     decoder: str = "auto"  # auto (decord, PyAV fallback) | decord | pyav
     calibration_frames: int = 64  # frames for BatchNorm re-estimation of random weights
+    verify: bool = False  # read every complete video in full first; damaged ones are extracted again
 
     @property
     def store_path(self) -> Path:
@@ -104,7 +105,7 @@ class ExtractConfig:
                              clip_model=self.clip_model, frames=self.frames, frame_size=self.frame_size,
                              dtype=self.dtype, calibration_frames=self.calibration_frames, device=self.device,
                              batch_size=self.batch_size, workers=self.workers, timeout=self.timeout,
-                             decoder=self.decoder, force=self.force)
+                             decoder=self.decoder, force=self.force, verify=self.verify)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
