@@ -17,6 +17,7 @@ from fcvc_pipeline import progress
 from fcvc_pipeline.errors import FcvcError, MismatchError
 from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
 from fcvc_pipeline.models.state import VideoBatch
+from fcvc_pipeline.naming import short_id
 
 
 class DamagedFeaturesError(FcvcError):
@@ -24,7 +25,7 @@ class DamagedFeaturesError(FcvcError):
 
     def __init__(self, store_path, damaged: list[DamagedVideoError], total: int, *, shown: int = 10):
         self.damaged = damaged
-        lines = [f"  {e.video_id!r}: {e.path}: {e.reason}" for e in damaged[:shown]]
+        lines = [f"  {short_id(e.video_id)}: {e.path}: {e.reason}" for e in damaged[:shown]]
         if len(damaged) > shown:
             lines.append(f"  ... and {len(damaged) - shown} more")
         super().__init__(f"{len(damaged)} of {total} videos in {store_path} have damaged features; nothing was "

@@ -52,7 +52,7 @@ from zarr.codecs import ZstdCodec
 
 from fcvc_pipeline.artifacts import canonical_json, fingerprint
 from fcvc_pipeline.errors import FcvcError, MismatchError, MissingArtifactError
-from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.naming import safe_name, short_id
 
 FORMAT_VERSION = 1  # the store's layout; videos carry their own ``layout`` (see the module docstring)
 VIDEO_LAYOUT = 2  # versioned, checksummed videos
@@ -66,13 +66,9 @@ class DamagedVideoError(FcvcError):
 
     def __init__(self, video_id: str, path: str | Path, reason: str):
         self.video_id, self.path, self.reason = video_id, str(path), reason
-        super().__init__(f"video {_shown(video_id)!r} is damaged: {path}: {reason}",
+        super().__init__(f"video {short_id(video_id)} is damaged: {path}: {reason}",
                          hint="`fcvc extract --verify` lists every damaged video and re-extracts them "
                               "(or `fcvc train --skip-damaged` leaves them out)")
-
-
-def _shown(video_id: str, limit: int = 80) -> str:
-    return video_id if len(video_id) <= limit else f"{video_id[:limit - 20]}...({len(video_id)} characters)"
 
 
 def features_digest(arrays: dict[str, np.ndarray]) -> str:
