@@ -1,4 +1,9 @@
-"""Human output: messages and progress bars go to stderr; stdout is kept for ``--json``."""
+"""Human output: messages and progress bars go to stderr; stdout is kept for ``--json``.
+
+Plain writes to ``sys.stderr`` (looked up at each call, so a test runner's capture sees them), not
+``click.echo``: the Python API (``from fcvc_pipeline import Captioner``) logs through here too and must
+not load the command-line toolkit.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import os
 import sys
 from typing import Iterable, TypeVar
 
-import click
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
@@ -24,19 +28,27 @@ def is_verbose() -> bool:
     return _verbose
 
 
+def _emit(message: str) -> None:
+    stream = sys.stderr
+    if stream is None:  # pythonw and some embedded interpreters have no stderr
+        return
+    stream.write(f"{message}\n")
+    stream.flush()
+
+
 def log(message: str) -> None:
     """One line for a person, on stderr."""
     if not _quiet:
-        click.echo(message, err=True)
+        _emit(message)
 
 
 def debug(message: str) -> None:
     if _verbose and not _quiet:
-        click.echo(message, err=True)
+        _emit(message)
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    _emit(f"warning: {message}")
 
 
 def _bars_enabled() -> bool | None:
