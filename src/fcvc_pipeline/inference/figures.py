@@ -163,7 +163,19 @@ def _heatmap(frame: np.ndarray, weights: np.ndarray, grid: int, size: tuple[int,
 def render_attention_figure(out_path: str | Path, frames: np.ndarray, words: list[str],
                             frame_attn: np.ndarray | None, region_attn: np.ndarray | None,
                             title: str = "") -> Path:
-    """Draw the attention of each generated word and write it as a PNG; returns the path.
+    """Draw the attention of each generated word (:func:`draw_attention_figure`) and write it as a PNG
+    (atomically); returns the path."""
+    img = draw_attention_figure(frames, words, frame_attn, region_attn, title=title)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    out = Path(out_path)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def draw_attention_figure(frames: np.ndarray, words: Sequence[str], frame_attn: np.ndarray | None,
+                          region_attn: np.ndarray | None, title: str = "") -> Image.Image:
+    """The attention of each generated word, drawn as an RGB picture (see the module docstring).
 
     frames:      [N, H, W, 3] uint8 sampled frames (floats in 0..1 or 0..255 are converted)
     words:       the T generated words
@@ -273,9 +285,4 @@ def render_attention_figure(out_path: str | Path, frames: np.ndarray, words: lis
             parts.append("heatmap = where in that frame the word looks")
         for k, line in enumerate(_wrap(draw, "; ".join(parts), f_small, width - strip_x - pad)):
             draw.text((strip_x, ly + 32 + 16 * k), line, font=f_small, fill=MUTED)
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    out = Path(out_path)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return img
