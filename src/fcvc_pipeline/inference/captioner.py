@@ -3,33 +3,52 @@
 - :func:`caption_bank`: hypotheses for rows of an in-memory :class:`FeatureBank` (batched beam search).
 - :func:`caption_and_score`: the same, decoded to text and scored against references (validation after
   each epoch, the end-of-training beam choice).
-- :class:`Captioner`: a model, its vocabulary and its decoding options, loaded from a checkpoint.
+- :class:`Captioner`: a model, its vocabulary and its decoding options, loaded from a checkpoint
+  (:meth:`Captioner.from_checkpoint`) or from a self-contained ``.fcvc`` file written by ``fcvc export``
+  (:meth:`Captioner.load`, which also brings the feature settings and networks: ``caption`` then takes
+  video files). Results are :class:`Caption` values; ``attention_figure`` draws one.
 - :func:`caption_split`: caption every video of a split of the work directory's store with a run's
   ``best.pt``, cached per (checkpoint, features, vocabulary, decoding) — what ``fcvc score`` and the
   ablation score.
+
+This module is the Python API (``from fcvc_pipeline import Captioner``): it must not import the command
+line (Click, ``fcvc_pipeline.commands``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
+import numpy as np
 import torch
+from PIL import Image
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
 from fcvc_pipeline.devices import resolve_device
-from fcvc_pipeline.errors import MismatchError, MissingArtifactError
+from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
-from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.features.extraction import extract_like
+from fcvc_pipeline.features.settings import decode_plan
+from fcvc_pipeline.features.store import FeatureStore, VideoFeatures
+from fcvc_pipeline.features.video import DecodeError, VideoSource, decode_video, list_videos
 from fcvc_pipeline.inference.checkpoint import decoding_of, load_checkpoint, model_from_checkpoint, vocabulary_of
 from fcvc_pipeline.inference.decoding import Hypothesis, generate
+from fcvc_pipeline.inference.figures import draw_attention_figure
 from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.inference.package import FeatureRecipe, check_extractable, read_package, reference_store
 from fcvc_pipeline.models import CaptionModel
 from fcvc_pipeline.workdir import Workdir
+
+# What caption_features takes for one video: arrays by the store's names (frame_features [N, frame_dim],
+# clip_features [N, clip_dim], region_features [N, M, region_dim]), or a store's VideoFeatures.
+VideoArrays = Union[Mapping[str, Any], VideoFeatures]
 
 
 @torch.inference_mode()
@@ -67,15 +86,51 @@ def caption_and_score(model: CaptionModel, bank: FeatureBank, vocab: Vocabulary,
 
 
 @dataclass
+class Caption:
+    """The caption of one video, or why there is none (``error``; the other videos are still captioned)."""
+
+    video: str  # the video id (a file's name without its extension, or the key it was given under)
+    text: str | None  # the caption; None when the video failed
+    score: float | None = None  # total log-probability of the words and the closing <eos>
+    words: list[str] = field(default_factory=list)
+    frame_attention: np.ndarray | None = None  # [len(words), N]: each word's weights over the N frames
+    region_attention: np.ndarray | None = None  # [len(words), N, M]: over the M grid cells of each frame
+    error: str | None = None
+    path: Path | None = None  # the video file, when captioned from one
+    normalized_score: float | None = None  # the length-penalised score the beam search ranked by
+    truncated: bool = False  # stopped at the longest caption allowed, not by the model
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"video": self.video, "caption": self.text, "score": self.score}
+        if self.path is not None:
+            out["path"] = str(self.path)
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
 class Captioner:
-    """A trained model with what it needs to caption: its vocabulary and its decoding options."""
+    """A trained model with what it needs to caption: its vocabulary and its decoding options.
+
+    Loaded from a ``.fcvc`` file (:meth:`load`) it also knows how its features are computed
+    (``extraction``: the feature settings and networks), so :meth:`caption` takes video files; loaded
+    from a checkpoint (:meth:`from_checkpoint`) it captions features (:meth:`caption_features`,
+    :meth:`caption_bank`), and ``fcvc caption`` computes them with the work directory's store.
+    """
 
     model: CaptionModel
     vocab: Vocabulary
     options: DecodingOptions
-    checkpoint: dict[str, Any]
+    checkpoint: dict[str, Any]  # the checkpoint's entries (for a .fcvc file: the same keys, without weights)
     path: Path
     device: torch.device
+    extraction: FeatureRecipe | None = None  # how the features of a new video are computed (.fcvc files)
+    provenance: dict[str, Any] = field(default_factory=dict)  # run, training config, scores, versions
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", *,
@@ -87,12 +142,224 @@ class Captioner:
         return cls(model=model_from_checkpoint(ckpt, path, dev), vocab=vocabulary_of(ckpt),
                    options=decoding_of(ckpt, path), checkpoint=ckpt, path=path, device=dev)
 
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
+        """Load a ``.fcvc`` captioner file (``fcvc export``); ``device``: auto | cpu | cuda | cuda:N.
+
+        The file is checked whole before anything is built (format, version, digest): a damaged,
+        truncated or foreign file is an :class:`~fcvc_pipeline.errors.InputError` naming it, and nothing
+        in it is executed.
+        """
+        path = Path(path)
+        package = read_package(path)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        entries = {"model_config": package.model_config.to_json(), "vocab": package.vocab.to_json(),
+                   "vocab_fingerprint": package.vocab.fingerprint(), "decoding": package.decoding.to_json(),
+                   "store_settings_fingerprint": package.features.settings_fingerprint}
+        model = model_from_checkpoint({**entries, "state_dict": package.state_dict}, path, dev)
+        return cls(model=model, vocab=package.vocab, options=package.decoding, checkpoint=entries, path=path,
+                   device=dev, extraction=package.features, provenance=package.provenance)
+
     def caption_bank(self, bank: FeatureBank, options: DecodingOptions | None = None,
                      rows: Sequence[int] | None = None) -> dict[str, Hypothesis]:
         return caption_bank(self.model, bank, options or self.options, rows=rows, device=self.device)
 
     def text(self, hypothesis: Hypothesis) -> str:
         return self.vocab.decode(hypothesis.tokens)
+
+    def decoding(self, *, beam_size: int | None = None, max_len: int | None = None,
+                 length_penalty: float | None = None) -> DecodingOptions:
+        """The stored decoding options with each argument that is not None in its place (checked)."""
+        options = self.options.override(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        require(options.problems())
+        return options
+
+    # -- captions as values ----------------------------------------------------------------------------
+    def _caption(self, video: str, h: Hypothesis, path: Path | None = None) -> Caption:
+        words = self.vocab.decode_tokens(h.tokens)
+        cut = lambda a: None if a is None else np.asarray(a)[:len(words)]  # noqa: E731
+        return Caption(video=video, text=" ".join(words), score=float(h.score), words=words,
+                       frame_attention=cut(h.frame_attn), region_attention=cut(h.region_attn), path=path,
+                       normalized_score=float(h.normalized_score), truncated=bool(h.truncated))
+
+    def caption_features(self, features: FeatureBank | Mapping[str, VideoArrays], *,
+                         beam_size: int | None = None, max_len: int | None = None,
+                         length_penalty: float | None = None) -> list[Caption]:
+        """Caption features a user already has: one :class:`Caption` per video, in the order given.
+
+        ``features`` is a :class:`~fcvc_pipeline.features.bank.FeatureBank`, or a mapping of video id to
+        that video's arrays under the store's names -- ``frame_features`` [N, frame_dim],
+        ``clip_features`` [N, clip_dim] (when the model uses clip features), ``region_features``
+        [N, M, region_dim] (when it uses regions) -- or to a store's ``VideoFeatures``. A video whose
+        arrays do not have the shapes the model was trained on gets a Caption with ``error`` set; the
+        others are still captioned. Decoding: the stored options, each argument that is not None
+        replacing its own.
+        """
+        options = self.decoding(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        if isinstance(features, FeatureBank):
+            self._check_bank(features)
+            hyps = self.caption_bank(features, options)
+            return [self._caption(v, hyps[v]) for v in features.video_ids]
+        if not isinstance(features, Mapping):
+            raise TypeError(f"features must be a FeatureBank or a mapping of video id to arrays, "
+                            f"not {type(features).__name__}")
+        good: dict[str, dict[str, np.ndarray]] = {}
+        errors: dict[str, str] = {}
+        for video, item in features.items():
+            arrays, problem = self._video_arrays(item)
+            if problem is not None:
+                errors[str(video)] = problem
+            else:
+                good[str(video)] = arrays
+        hyps: dict[str, Hypothesis] = {}
+        if good:
+            hyps = self.caption_bank(_bank(good), options)
+        return [self._caption(v, hyps[v]) if v in hyps else Caption(video=v, text=None, error=errors[v])
+                for v in map(str, features)]
+
+    def _expected(self) -> dict[str, tuple[int, ...]]:
+        cfg = self.model.config
+        shapes = {"frame_features": (cfg.num_frames, cfg.frame_dim)}
+        if cfg.clip_dim > 0:
+            shapes["clip_features"] = (cfg.num_frames, cfg.clip_dim)
+        if cfg.uses_regions:
+            shapes["region_features"] = (cfg.num_frames, cfg.num_regions, cfg.region_dim)
+        return shapes
+
+    def _video_arrays(self, item: VideoArrays) -> tuple[dict[str, np.ndarray], str | None]:
+        if isinstance(item, VideoFeatures):
+            item = {"frame_features": item.frame_features, "clip_features": item.clip_features,
+                    "region_features": item.region_features}
+        if not isinstance(item, Mapping):
+            return {}, f"expected a mapping of array name to array, got {type(item).__name__}"
+        out: dict[str, np.ndarray] = {}
+        for name, shape in self._expected().items():
+            value = item.get(name)
+            if value is None:
+                return {}, f"no {name} (the model needs {name} of shape {list(shape)})"
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to("cpu").numpy()
+            array = np.asarray(value)
+            if array.dtype.kind not in "fiu":
+                return {}, f"{name} has dtype {array.dtype}, not numbers"
+            if tuple(array.shape) != shape:
+                return {}, f"{name} has shape {list(array.shape)}, the model expects {list(shape)}"
+            array = array.astype(np.float32)
+            if not np.isfinite(array).all():
+                return {}, f"{name} holds NaN or infinite values"
+            out[name] = array
+        return out, None
+
+    def _check_bank(self, bank: FeatureBank) -> None:
+        arrays = {"frame_features": bank.frames, "clip_features": bank.clips, "region_features": bank.regions}
+        for name, shape in self._expected().items():
+            t = arrays[name]
+            if t is None or tuple(t.shape[1:]) != shape:
+                have = "none" if t is None else list(t.shape[1:])
+                raise MismatchError(f"the feature bank's {name} per video: {have}; the model expects {list(shape)}")
+
+    def caption(self, videos: Sequence[str | Path] | str | Path, *, beam_size: int | None = None,
+                max_len: int | None = None, length_penalty: float | None = None, workers: int | None = None,
+                weights_paths: Mapping[str, str | Path] | None = None) -> list[Caption]:
+        """Caption video files (or directories, or list files, as ``fcvc caption`` takes them).
+
+        Features are computed with the settings and the very same networks the model was trained on
+        (recorded in the ``.fcvc`` file; each rebuilt network is checked against its recorded hash), in
+        a temporary directory that is removed afterwards. One :class:`Caption` per video, in the order
+        the inputs were given (the videos of a folder or list file by id); a video that cannot be decoded gets
+        ``error`` set, the others are still captioned. ``weights_paths`` ({"inception"|"clip": path})
+        points at a weights file that was not embedded and has moved since the export.
+        """
+        if self.extraction is None:
+            raise MismatchError(f"{self.path}: this captioner was loaded from a checkpoint, which does not carry "
+                                f"its feature settings and networks",
+                                hint="use `fcvc caption --workdir` of its training run, or `fcvc export` it and "
+                                     "load the .fcvc file")
+        check_extractable(self.extraction)
+        self.decoding(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)  # checked before the work
+        inputs = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
+        sources = _in_input_order(list_videos(inputs), inputs)
+        arrays, failed = self._video_features(sources, workers=workers, weights_paths=weights_paths)
+        captioned = _by_video(self.caption_features(arrays, beam_size=beam_size, max_len=max_len,
+                                                    length_penalty=length_penalty)) if arrays else {}
+        out = []
+        for s in sources:
+            c = captioned.get(s.video_id)
+            if c is None:
+                c = Caption(video=s.video_id, text=None, error=failed.get(s.video_id, "no features were computed"))
+            c.path = s.path
+            out.append(c)
+        return out
+
+    def _video_features(self, sources: list[VideoSource], *, workers: int | None,
+                        weights_paths: Mapping[str, str | Path] | None
+                        ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        """(video id -> its arrays as the store keeps them, video id -> why it failed) for video files.
+
+        Computed through the store-based extraction (``extract_like`` against a reference store rebuilt
+        from the recipe) in a temporary directory; an in-memory extraction can replace this one method.
+        """
+        assert self.extraction is not None
+        with tempfile.TemporaryDirectory(prefix="fcvc-caption-") as tmp:
+            ref, embedded = reference_store(self.extraction, tmp)
+            overrides = {**{k: Path(v) for k, v in (weights_paths or {}).items()}, **embedded}
+            out = Path(tmp) / "features.zarr"
+            result = extract_like(ref, [s.path for s in sources], out, device=str(self.device), workers=workers,
+                                  weights_paths=overrides)
+            store = FeatureStore.open(out)
+            failed = dict(result.failed)
+            arrays = {}
+            for s in sources:
+                if s.video_id in failed or not store.is_complete(s.video_id):
+                    continue
+                f = store.read_video(s.video_id)
+                arrays[s.video_id] = {"frame_features": f.frame_features, "clip_features": f.clip_features,
+                                      "region_features": f.region_features}
+        return arrays, failed
+
+    def attention_figure(self, caption: Caption, frames: np.ndarray | None = None) -> Image.Image:
+        """The attention figure of ``caption`` (a PIL image; ``.save("x.png")`` writes it).
+
+        The frames shown are ``frames`` ([N, H, W, 3]) when given, else those sampled from the caption's
+        video file with the model's extraction settings, else grey placeholders (a caption of features
+        alone): the per-word frame weights and region heatmaps are drawn either way.
+        """
+        if caption.error is not None or caption.text is None:
+            raise MismatchError(f"{caption.video}: no caption to draw ({caption.error})")
+        title = caption.video
+        if frames is None and caption.path is not None and self.extraction is not None:
+            plan = decode_plan({**self.extraction.settings, "clip": None})
+            try:
+                frames = decode_video(caption.path, plan).frames
+            except DecodeError as e:
+                raise InputError(caption.path, f"cannot decode the frames for the figure: {e}") from None
+        if frames is None:
+            size = int((self.extraction.settings.get("frame_size") if self.extraction else None) or 96)
+            frames = np.full((self.model.config.num_frames, size, size, 3), 200, dtype=np.uint8)
+            title += " (features only: no frames to show)"
+        return draw_attention_figure(frames, caption.words, caption.frame_attention, caption.region_attention,
+                                     title=title)
+
+
+def _by_video(captions: list[Caption]) -> dict[str, Caption]:
+    return {c.video: c for c in captions}
+
+
+def _bank(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> FeatureBank:
+    first = next(iter(arrays.values()))
+    stack = lambda name: torch.from_numpy(np.stack([a[name] for a in arrays.values()])) if name in first else None  # noqa: E731
+    return FeatureBank(video_ids=list(arrays), frames=stack("frame_features"), clips=stack("clip_features"),
+                       regions=stack("region_features"))
+
+
+def _in_input_order(sources: list[VideoSource], inputs: Sequence[str | Path]) -> list[VideoSource]:
+    """``sources`` (all the inputs' videos, sorted by id) ordered by the first input naming each video: the
+    file itself, or the folder or list file it was found through (whose videos stay sorted by id)."""
+    position: dict[str, int] = {}
+    for k, item in enumerate(inputs):
+        for source in list_videos([item]):
+            position.setdefault(os.path.abspath(source.path), k)
+    return sorted(sources, key=lambda s: position.get(os.path.abspath(s.path), len(inputs)))
 
 
 def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: Path) -> None:
