@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "train": "fcvc_pipeline.commands.train:train",
     "caption": "fcvc_pipeline.commands.caption:caption",
     "score": "fcvc_pipeline.commands.score:score",
+    "export": "fcvc_pipeline.commands.export:export",
     "demo": "fcvc_pipeline.commands.demo:demo",
     "info": "fcvc_pipeline.commands.info:info",
     "bench": "fcvc_pipeline.commands.bench:bench",
@@ -35,6 +36,7 @@ def main():
     fcvc train                  train FCVC-CF&IA, an ablation or the LSTM baseline
     fcvc caption video.mp4      caption any video end to end
     fcvc score                  BLEU / METEOR / ROUGE-L / CIDEr on the test split
+    fcvc export -o FILE.fcvc    a trained model as one file (Captioner.load)
     fcvc demo                   the whole chain on the bundled sample set
     fcvc info                   what a feature store holds; --verify finds damage
     """

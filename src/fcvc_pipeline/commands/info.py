@@ -19,12 +19,14 @@ def info(workdir: Path, json_out: bool, verbose: bool, path: Path | None, verify
     """Describe a feature store: settings, networks, videos complete/failed/in progress, size, damage.
 
     PATH defaults to <workdir>/features.zarr. Exit 1 when a video is damaged (each is listed with its
-    file and the reason).
+    file and the reason). A PATH that is a file is read as a captioner file (`fcvc export`): what it
+    holds, or exit 2 naming it when it is damaged, truncated or not one.
 
     \b
     Examples:
       fcvc info
       fcvc info runs/features.zarr --verify --json
+      fcvc info captioner.fcvc
     """
     from fcvc_pipeline.stages.info import run_info  # noqa: PLC0415 -- keeps --help instant
 

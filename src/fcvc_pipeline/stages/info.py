@@ -1,4 +1,6 @@
-"""``fcvc info``: what a feature store holds, how it was made, and whether any of it is damaged.
+"""``fcvc info``: what a feature store holds, how it was made, and whether any of it is damaged; or, given a
+``.fcvc`` captioner file (``fcvc export``), what that file holds (read and checked whole: a damaged or foreign
+file is exit 2 naming it).
 
 The quick check (default) reads only metadata and ``stat``s every chunk file: it finds missing and
 truncated chunks. ``--verify`` reads every byte (the Zstd checksum of each chunk and the SHA-256 of
@@ -16,6 +18,7 @@ from typing import Any
 from fcvc_pipeline import progress
 from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, MissingArtifactError
 from fcvc_pipeline.features.store import VIDEO_LAYOUT, FeatureStore
+from fcvc_pipeline.inference.package import package_summary, read_package
 from fcvc_pipeline.workdir import Workdir
 
 
@@ -75,8 +78,37 @@ def store_info(path: Path, *, verify: bool = False) -> StoreInfo:
     return info
 
 
-def run_info(target: Path | None, workdir: Path, *, verify: bool = False) -> StoreInfo:
+@dataclass
+class CaptionerInfo:
+    path: Path
+    size_bytes: int
+    contents: dict[str, Any]  # inference.package.package_summary
+    exit_code: int = EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "captioner", "path": str(self.path), "size_bytes": self.size_bytes, **self.contents}
+
+
+def captioner_info(path: Path) -> CaptionerInfo:
+    """Read ``path`` as a captioner file (every check of ``Captioner.load``, nothing built) and describe it."""
+    contents = package_summary(read_package(path))
+    info = CaptionerInfo(path=Path(path), size_bytes=Path(path).stat().st_size, contents=contents)
+    model, features, prov = contents["model"], contents["features"], contents["provenance"]
+    progress.log(f"{path}: fcvc captioner (format {contents['format_version']}), {info.size_bytes / 1e6:.1f} MB")
+    progress.log(f"  model: {model['name']}, {model['parameters']:,} parameters, {contents['vocabulary_size']} words, "
+                 f"beam {contents['decoding'].get('beam_size')}")
+    nets = ", ".join(f"{r} {b['weights']}" + (" (embedded)" if b["weights_embedded"] else "")
+                     for r, b in features["backbones"].items()) or "not recorded: stored features only"
+    progress.log(f"  features: {features['frames']} frames at {features['frame_size']} px, {features['dtype']}; {nets}")
+    progress.log(f"  from run {prov.get('run')}, fcvc {prov.get('fcvc_version')}, torch {prov.get('torch_version')}"
+                 + (f"; test CIDEr {prov['test_scores'].get('CIDEr')}" if prov.get("test_scores") else ""))
+    return info
+
+
+def run_info(target: Path | None, workdir: Path, *, verify: bool = False) -> StoreInfo | CaptionerInfo:
     path = Path(target) if target is not None else Workdir(workdir).features
+    if path.is_file():
+        return captioner_info(path)
     if not FeatureStore.exists(path):
         raise MissingArtifactError(f"{path} is not a feature store (no zarr.json with fcvc's attributes)",
                                    hint="point at <workdir>/features.zarr, or run `fcvc extract` first")
