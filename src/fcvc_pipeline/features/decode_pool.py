@@ -102,12 +102,23 @@ class WorkerStartError(RuntimeError):
     """A decode worker could not start (broken environment): the run cannot continue."""
 
 
+def _scratch_file():
+    """An anonymous file for a worker's stderr: in memory (``memfd``) where the system has it, so decoding
+    needs no writable temporary directory (``fcvc caption --model`` on a read-only file system)."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.fdopen(os.memfd_create("fcvc-decode-stderr", os.MFD_CLOEXEC), "w+b")
+        except OSError:
+            pass
+    return tempfile.TemporaryFile()
+
+
 class _Slot:
     """One worker process and what it is doing."""
 
     def __init__(self, decode_fn: str, quiet: bool, start_timeout: float = 60.0):
         parent, child = socket.socketpair()
-        self._err = tempfile.TemporaryFile()
+        self._err = _scratch_file()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         code = ("import sys; from fcvc_pipeline.features.decode_pool import worker_main; "

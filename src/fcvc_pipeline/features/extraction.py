@@ -10,6 +10,10 @@ reloaded exactly), and runs the decode -> forward -> write loop (``features/loop
 - A new store is created only after everything that can fail in preparing the networks before it has
   (downloads, loading each weights file into its network): a bad ``--inception-weights FILE`` is an
   error that leaves no store behind, so the corrected rerun is not refused as "other settings".
+- :func:`extract_in_memory` computes the features of video files with given networks and settings and
+  hands them back, one video at a time in the order given, with no store and no file written (a
+  captioner file's ``Captioner.caption``): the same decoding, batching and forward as the store's loop
+  (``features/loop.py:compute_features``), the arrays cast to the settings' dtype as the store keeps them.
 - SIGTERM and SIGINT stop a run with :class:`~fcvc_pipeline.errors.StoppedBySignal` (exit 143 / 130),
   after the loop has written what it had computed; the message counts what the store keeps.
 - The result is judged by the store: exit 0 only when every video of this run (shard) is complete,
@@ -23,7 +27,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -40,11 +44,18 @@ from fcvc_pipeline.features.backbones import (
     parse_weights,
 )
 from fcvc_pipeline.features.decode_pool import DecodePool
-from fcvc_pipeline.features.loop import ExtractionLoop, Interrupted, stop_signals, video_status
-from fcvc_pipeline.features.networks import CalibrationData, prepare_backbones
+from fcvc_pipeline.features.loop import (
+    ExtractionLoop,
+    Interrupted,
+    batch_is_full,
+    compute_features,
+    stop_signals,
+    video_status,
+)
+from fcvc_pipeline.features.networks import Backbones, CalibrationData, prepare_backbones
 from fcvc_pipeline.features.settings import ExtractionJob, build_settings, clip_choice, decode_plan
 from fcvc_pipeline.features.store import FeatureStore
-from fcvc_pipeline.features.video import DecodePlan, VideoSource, list_videos
+from fcvc_pipeline.features.video import DecodedVideo, DecodePlan, VideoSource, list_videos
 
 
 @dataclass
@@ -263,10 +274,78 @@ def _summary(result: ExtractResult) -> None:
         progress.log(f"  not extracted: {vid}")
 
 
-def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, device: str = "auto",
+@dataclass
+class VideoResult:
+    """One video's features computed in memory (:func:`extract_in_memory`), or why there are none."""
+
+    source: VideoSource
+    arrays: dict[str, np.ndarray] | None  # as the store keeps them: frame_indices, frame_features, ...
+    error: str | None = None  # "decode: ..." or "features: ..." when arrays is None
+
+
+def extract_in_memory(settings: dict[str, Any], backbones: Backbones, sources: list[VideoSource], *,
+                      workers: int | None = None, batch_size: int | None = None, timeout: float = 300.0,
+                      decoder: str = "auto") -> Iterator[VideoResult]:
+    """The features of ``sources`` with ``backbones`` and the store ``settings`` (frames, frame size,
+    clips, dtype), one :class:`VideoResult` per video in the order given, as soon as it and every video
+    before it are done. Nothing is written anywhere.
+
+    Decoding (worker processes, per-video ``timeout``), batching (videos are computed together once they
+    fill ``batch_size`` frames, by default the device's as in ``fcvc extract``) and the forward are those
+    of the store's extraction loop, and the arrays are cast to ``settings["dtype"]``, so a video's arrays
+    equal what ``extract_like`` into a store would keep. A video that cannot be decoded, or whose
+    features are not finite, gets ``error``; the others go on. Memory: the decoded videos of one batch
+    plus those finished out of order (a few per decode worker).
+    """
+    plan = decode_plan(settings, decoder)
+    workers_n, batch_n = default_workers_and_batch(backbones.device, workers, batch_size, int(settings["frames"]))
+    clip_batch = max(1, batch_n // 4)
+    done: dict[int, VideoResult] = {}  # by position in sources, until every video before it is handed out
+    next_out = 0
+    buffer: list[tuple[int, VideoSource, DecodedVideo]] = []
+
+    def compute() -> None:
+        outputs = compute_features(backbones, [v for _, _, v in buffer], batch_size=batch_n,
+                                   clip_batch=clip_batch, dtype=settings["dtype"])
+        for (k, source, _), (arrays, problem) in zip(buffer, outputs):
+            done[k] = VideoResult(source, None if problem else arrays, f"features: {problem}" if problem else None)
+        buffer.clear()
+
+    def ready() -> Iterator[VideoResult]:
+        nonlocal next_out
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+
+    if not sources:
+        return
+    prefetch = max(2 * workers_n, -(-batch_n // plan.frames) + workers_n)
+    pool = DecodePool(plan, workers=min(workers_n, len(sources)), timeout=timeout, prefetch=prefetch)
+    outcomes = pool.imap(list(enumerate(sources)), path_of=lambda item: item[1].path)
+    try:
+        for outcome in outcomes:
+            k, source = outcome.item
+            if outcome.video is None:
+                done[k] = VideoResult(source, None, f"decode: {outcome.error or 'unknown error'}")
+            else:
+                buffer.append((k, source, outcome.video))
+                if batch_is_full(len(buffer), plan.frames, batch_n):
+                    compute()
+            yield from ready()
+        if buffer:
+            compute()
+        yield from ready()
+    finally:
+        outcomes.close()
+
+
+def extract_like(reference_store: Path, inputs: list[Path | VideoSource], out_store: Path, *, device: str = "auto",
                  workers: int | None = None, batch_size: int | None = None,
                  weights_paths: dict[str, Path] | None = None, force: bool = False) -> ExtractResult:
     """Extract ``inputs`` into ``out_store`` with the settings and the very same networks of ``reference_store``.
+
+    ``inputs``: paths (files, folders, list files: the videos' ids are their file stems) or
+    :class:`VideoSource` values, stored under the id each one carries.
 
     Random (calibrated) networks are rebuilt from the reference's records and saved BatchNorm
     statistics (no corpus needed: works for a single video); ``imagenet``/``hub`` weights come from
@@ -289,7 +368,10 @@ def extract_like(reference_store: Path, inputs: list[Path], out_store: Path, *, 
 
     clip = s.get("clip")
     clip_model = clip["model"] if clip else "c3d"
-    job = ExtractionJob(sources=list_videos([Path(p) for p in inputs]), shard=(0, 1), store_path=Path(out_store),
+    given = [p for p in inputs if isinstance(p, VideoSource)]
+    sources = given + (list_videos([Path(p) for p in inputs if not isinstance(p, VideoSource)])
+                       if len(given) < len(inputs) else [])
+    job = ExtractionJob(sources=sources, shard=(0, 1), store_path=Path(out_store),
                         inception=parse_weights(_placeholder(records["inception"]), named=("imagenet",),
                                                 option="--inception-weights"),
                         clip=clip_choice(_placeholder(records["clip"]), clip_model) if clip else None,

@@ -254,7 +254,7 @@ class ExtractionLoop:
                     self._fail(job, "decode", outcome.error or "unknown error")
                     continue
                 buffer.append((job, outcome.video))
-                if len(buffer) * per_video >= self.batch_size:
+                if batch_is_full(len(buffer), per_video, self.batch_size):
                     self._compute(buffer, writer)
                     buffer = []
             if buffer and not self._stopping():
@@ -331,36 +331,14 @@ class ExtractionLoop:
 
     # -- the forward ---------------------------------------------------------------------------
     def _compute(self, buffer: list[tuple[_Job, DecodedVideo]], writer: _Writer) -> None:
-        n = self.plan.frames
-        frames = np.concatenate([v.frames for _, v in buffer])  # uint8 [V*N, S, S, 3]
         t0 = time.perf_counter()
-        pooled_parts, region_parts = [], []
-        for s in range(0, len(frames), self.batch_size):
-            p, r = self.backbones.frames(frames[s:s + self.batch_size])
-            pooled_parts.append(p)
-            region_parts.append(r)
-        pooled = np.concatenate(pooled_parts)  # [V*N, 2048]
-        regions = np.concatenate(region_parts)  # [V*N, G*G, 2048]
-        clip_feats = None
-        if self.backbones.clip is not None:
-            clips = np.concatenate([v.clip_frames[v.clip_index] for _, v in buffer])  # uint8 [V*N, L, c, c, 3]
-            clip_feats = np.concatenate([self.backbones.clips(clips[s:s + self.clip_batch])
-                                         for s in range(0, len(clips), self.clip_batch)])  # [V*N, C]
+        outputs = compute_features(self.backbones, [v for _, v in buffer], batch_size=self.batch_size,
+                                   clip_batch=self.clip_batch, dtype=self.dtype)
         self.stats.compute_seconds += time.perf_counter() - t0
-        self.stats.frames += len(frames)
-        for k, (job, video) in enumerate(buffer):
-            rows = slice(k * n, (k + 1) * n)
-            arrays = {
-                "frame_indices": video.frame_indices.astype(np.int32),
-                "frame_features": pooled[rows].astype(self.dtype),
-                "region_features": regions[rows].astype(self.dtype),
-            }
-            if clip_feats is not None:
-                arrays["clip_features"] = clip_feats[rows].astype(self.dtype)
-            bad = [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
-            if bad:
-                self._fail(job, "features", f"non-finite values (NaN/inf) in {', '.join(bad)} as {self.dtype.name}; "
-                                            "nothing was written (try --dtype float32 or other weights)")
+        self.stats.frames += sum(len(v.frames) for _, v in buffer)
+        for (job, video), (arrays, problem) in zip(buffer, outputs):
+            if problem is not None:
+                self._fail(job, "features", problem)
                 continue
             attrs = {"source": str(job.source.path), **job.stat, "num_frames": video.num_frames, "fps": video.fps,
                      "width": video.width, "height": video.height, "decoder": video.decoder,
@@ -368,6 +346,56 @@ class ExtractionLoop:
                      **self.run_attrs}
             self._held.pop(job.source.video_id, None)  # the writer owns the claim from here (submit included)
             writer.submit(job, arrays, attrs)
+
+
+def batch_is_full(videos: int, frames_per_video: int, batch_size: int) -> bool:
+    """Whether ``videos`` decoded videos fill a forward batch (the loop computes them together then)."""
+    return videos * frames_per_video >= batch_size
+
+
+def compute_features(backbones: Backbones, videos: list[DecodedVideo], *, batch_size: int, clip_batch: int,
+                     dtype: np.dtype | str) -> list[tuple[dict[str, np.ndarray], str | None]]:
+    """The stored arrays of each decoded video, computed together: (arrays, None), or ({}, why not).
+
+    The frames of all ``videos`` go through the frame network ``batch_size`` at a time (their clips
+    ``clip_batch`` at a time); every array is cast to ``dtype``, the store's, exactly as the store keeps
+    it. A video whose features hold NaN or infinity in that dtype gets a reason instead of arrays.
+    Shared by the store's loop and :func:`fcvc_pipeline.features.extraction.extract_in_memory`, so
+    features computed in memory are the stored ones, bit for bit, for the same batches.
+    """
+    dtype = np.dtype(dtype)
+    frames = np.concatenate([v.frames for v in videos])  # uint8 [V*N, S, S, 3]
+    pooled_parts, region_parts = [], []
+    for s in range(0, len(frames), batch_size):
+        p, r = backbones.frames(frames[s:s + batch_size])
+        pooled_parts.append(p)
+        region_parts.append(r)
+    pooled = np.concatenate(pooled_parts)  # [V*N, 2048]
+    regions = np.concatenate(region_parts)  # [V*N, G*G, 2048]
+    clip_feats = None
+    if backbones.clip is not None:
+        clips = np.concatenate([v.clip_frames[v.clip_index] for v in videos])  # uint8 [V*N, L, c, c, 3]
+        clip_feats = np.concatenate([backbones.clips(clips[s:s + clip_batch])
+                                     for s in range(0, len(clips), clip_batch)])  # [V*N, C]
+    out: list[tuple[dict[str, np.ndarray], str | None]] = []
+    start = 0
+    for video in videos:
+        rows = slice(start, start + len(video.frames))
+        start = rows.stop
+        arrays = {
+            "frame_indices": video.frame_indices.astype(np.int32),
+            "frame_features": pooled[rows].astype(dtype),
+            "region_features": regions[rows].astype(dtype),
+        }
+        if clip_feats is not None:
+            arrays["clip_features"] = clip_feats[rows].astype(dtype)
+        bad = [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        if bad:
+            out.append(({}, f"non-finite values (NaN/inf) in {', '.join(bad)} as {dtype.name}; nothing was "
+                            "written (try --dtype float32 or other weights)"))
+        else:
+            out.append((arrays, None))
+    return out
 
 
 def _count(sources: list[VideoSource]) -> str:

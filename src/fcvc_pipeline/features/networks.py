@@ -12,6 +12,10 @@ video through :func:`fcvc_pipeline.features.extraction.extract_like`):
 
 Every record also carries ``state_sha256``, the hash of the final network's state dict, checked on
 every reload: a network that differs in any value is never used to extend a store.
+
+:func:`load_from_record` rebuilds a store's network; :func:`network_from_record` does it from a record and
+the BatchNorm statistics (and optionally the source weights) handed over directly, with no store: what a
+``.fcvc`` captioner file carries (``inference/package.py:build_backbones``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -144,30 +148,31 @@ def _bn_blob(module: nn.Module) -> bytes:
     return buf.getvalue()
 
 
-def _load_bn_blob(module: nn.Module, data: bytes, where: str) -> None:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    load_batchnorm_state(module, state, where)
+def _build(role: str, kind: str, *, seed: int = 0, path: Path | None = None, clip_model: str | None = None,
+           state: Mapping[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the ``role`` ("inception" | "clip") network; returns it and the record fields known so far.
 
-
-def _build(role: str, kind: str, *, seed: int = 0, path: Path | None = None, clip_model: str | None = None
-           ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the ``role`` ("inception" | "clip") network; returns it and the record fields known so far."""
-    state = None
+    ``state``: the weights themselves (carried in a captioner file), instead of downloading or reading them.
+    """
     record: dict[str, Any] = {"kind": kind}
+    given = state is not None
     if kind == "imagenet":
-        state, record["url"] = imagenet_inception_state()
+        if not given:
+            state, record["url"] = imagenet_inception_state()
     elif kind == "hub":
         assert clip_model is not None
-        state, record["url"] = hub_state(clip_model)
+        if not given:
+            state, record["url"] = hub_state(clip_model)
     elif kind == "path":
-        assert path is not None
-        state = load_state_file(path)
-        record.update(path=str(Path(path).resolve()), file_sha256=file_sha256(path))
+        if not given:
+            assert path is not None
+            state = load_state_file(path)
+            record.update(path=str(Path(path).resolve()), file_sha256=file_sha256(path))
     elif kind == "random":
         record["seed"] = seed
     else:
         raise ValueError(kind)
-    source = path or record.get("url") or f"random:{seed}"
+    source = path or record.get("url") or (f"embedded {kind} weights" if given else f"random:{seed}")
     if role == "inception":
         module: nn.Module = InceptionFeatures(build_inception_v3(state, seed=seed, source=source))
     else:
@@ -203,25 +208,44 @@ def _record_matches(old: dict[str, Any], new_label: str) -> bool:
     return old.get("weights") == new_label
 
 
-def load_from_record(store: FeatureStore, role: str, record: dict[str, Any], *, path_override: Path | None = None
-                     ) -> nn.Module:
-    """Rebuild the network a store recorded, verifying it is the very same (``state_sha256``)."""
-    kind = record.get("kind")
-    where = f"{store.path} (backbones/{role})"
+def weights_file(role: str, record: Mapping[str, Any], *, path_override: Path | None = None, where: str,
+                 missing_hint: str | None = None) -> Path:
+    """The weights file a ``path`` network was built from: ``path_override`` or the recorded path, which
+    must exist (else :class:`MissingArtifactError` with ``missing_hint``: how to point at it) and hash to the
+    recorded ``file_sha256`` (else :class:`MismatchError`: never a network from other weights)."""
+    path = Path(path_override or record["path"])
+    if not path.is_file():
+        raise MissingArtifactError(f"{where}: the {role} weights file {path} is gone",
+                                   hint=missing_hint or f"put the file (same content) back at {path}; `fcvc caption` "
+                                                        f"can point at a copy with --backbone-weights {role}=PATH")
+    digest = file_sha256(path)
+    if digest != record.get("file_sha256"):
+        raise MismatchError(f"{path}: not the {role} weights file {where} was made with: it changed since "
+                            f"(sha256 {digest[:12]}... != recorded {str(record.get('file_sha256'))[:12]}...)",
+                            hint="use the original file, or re-extract everything with --force")
+    return path
+
+
+def network_from_record(role: str, record: Mapping[str, Any], *, where: str,
+                        batchnorm: Mapping[str, torch.Tensor] | None = None,
+                        weights: Mapping[str, torch.Tensor] | None = None, path_override: Path | None = None,
+                        missing_hint: str | None = None) -> nn.Module:
+    """Rebuild a recorded network without a store, verifying it is the very same (``state_sha256``).
+
+    ``batchnorm``: the re-estimated statistics of a random network (a store keeps them as a blob, a
+    captioner file as tensors). ``weights``: the state a file/imagenet/hub network was built from, when the
+    caller carries it (``--embed-backbones``); otherwise a file is found at ``path_override`` or its
+    recorded path (:func:`weights_file`) and downloads come from torch's cache. ``where`` names the
+    record in messages.
+    """
+    kind = str(record.get("kind"))
     path = None
-    if kind == "path":
-        path = Path(path_override or record["path"])
-        if not path.is_file():
-            raise MissingArtifactError(f"{where}: the weights file {path} is gone",
-                                       hint="pass the file again (same content) to rebuild the same network")
-        digest = file_sha256(path)
-        if digest != record.get("file_sha256"):
-            raise MismatchError(f"{path}: this weights file changed since {store.path} was extracted "
-                                f"(sha256 {digest[:12]}... != recorded {str(record.get('file_sha256'))[:12]}...)",
-                                hint="use the original file, or re-extract everything with --force")
-    module, _ = _build(role, kind, seed=int(record.get("seed", 0)), path=path, clip_model=record.get("model"))
-    if record.get("bn_blob"):
-        _load_bn_blob(module, store.get_blob(record["bn_blob"]), where)
+    if kind == "path" and weights is None:
+        path = weights_file(role, record, path_override=path_override, where=where, missing_hint=missing_hint)
+    module, _ = _build(role, kind, seed=int(record.get("seed", 0)), path=path, clip_model=record.get("model"),
+                       state=weights)
+    if batchnorm is not None:
+        load_batchnorm_state(module, batchnorm, where)
     digest = state_sha256(module.state_dict())
     if digest != record.get("state_sha256"):
         raise MismatchError(f"{where}: the rebuilt {role} network differs from the one recorded "
@@ -229,6 +253,16 @@ def load_from_record(store: FeatureStore, role: str, record: dict[str, Any], *, 
                             hint="a different torch/torchvision version may initialise or ship weights "
                                  "differently; re-extract with --force")
     return module
+
+
+def load_from_record(store: FeatureStore, role: str, record: dict[str, Any], *, path_override: Path | None = None
+                     ) -> nn.Module:
+    """Rebuild the network a store recorded (its BatchNorm blob read with ``weights_only=True``)."""
+    where = f"{store.path} (backbones/{role})"
+    bn = None
+    if record.get("bn_blob"):
+        bn = torch.load(io.BytesIO(store.get_blob(record["bn_blob"])), map_location="cpu", weights_only=True)
+    return network_from_record(role, record, where=where, batchnorm=bn, path_override=path_override)
 
 
 def prepare_backbones(store: FeatureStore, settings: dict[str, Any], choices: dict[str, WeightsChoice | None],
