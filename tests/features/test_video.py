@@ -20,7 +20,9 @@ from fcvc_pipeline.features.video import (
     clip_windows,
     decode_video,
     list_videos,
+    list_videos_in_order,
     sample_indices,
+    unique_ids,
 )
 from tests.videos import (
     frame_number,
@@ -88,6 +90,34 @@ def test_duplicate_ids_and_missing_inputs_are_reported_together(tmp_path):
     text = str(e.value)
     assert "'same'" in text and str(tmp_path / "x" / "same.mp4") in text and str(tmp_path / "y" / "same.mkv") in text
     assert "nope" in text and "no such file" in text
+
+
+def test_captioning_lists_inputs_in_the_order_given_with_unique_ids(tmp_path):
+    make = lambda rel: write_video(tmp_path / rel, moving_square_frames(2, 32, 32))  # noqa: E731
+    z, a_clip, b_clip, deep = make("z.mp4"), make("a/clip.mp4"), make("b/clip.mp4"), make("d/e/f.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text("z.mp4\nb/clip.mp4\n")  # a list file keeps its order
+    found = list_videos_in_order([deep, tmp_path / "b", a_clip, listing, z])
+    assert [(v.video_id, v.path) for v in found] == [("f", deep), ("b/clip", b_clip), ("a/clip", a_clip),
+                                                      ("z", tmp_path / "z.mp4")]  # each file once, first place
+    assert [v.video_id for v in list_videos_in_order([tmp_path / "list.txt", tmp_path / "a"])] == ["z", "b/clip",
+                                                                                                   "a/clip"]
+    with pytest.raises(ConfigError, match="nope.mp4: no such file"):
+        list_videos_in_order([z, tmp_path / "nope.mp4"])
+    with pytest.raises(ConfigError, match="two inputs have the video id 'clip'"):
+        list_videos([a_clip, b_clip])  # a feature store keys videos by id: extraction still refuses
+
+
+def test_unique_ids_use_the_fewest_parent_folders_that_tell_files_apart():
+    ids = lambda *paths: unique_ids([Path(p) for p in paths])  # noqa: E731
+    assert ids("/v/a/clip.mp4", "/v/b/clip.mp4", "/v/other.mp4") == ["a/clip", "b/clip", "other"]
+    assert ids("/x/a/clip.mp4", "/y/a/clip.mp4", "/v/b/clip.mp4") == ["x/a/clip", "y/a/clip", "b/clip"]
+    assert ids("/a/clip.mp4", "/a/clip.mkv") == ["clip.mp4", "clip.mkv"]  # one folder: the extension tells
+    assert ids("/a/clip.mp4", "/a/clip.mkv", "/b/clip.mp4") == ["a/clip.mp4", "clip.mkv", "b/clip.mp4"]
+    assert ids("/clip.mp4", "/a/clip.mp4") == ["clip", "a/clip"]
+    # a stem that looks like another file's id: both fall back to their full paths
+    assert ids("/a/clip.mp4", "/a/clip.mkv", "/q/clip.mp4.avi") == ["/a/clip.mp4", "clip.mkv", "/q/clip.mp4.avi"]
+    assert ids("/p/one.mp4", "/p/two.mp4") == ["one", "two"]
 
 
 # -- decoding ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Listing (:func:`list_videos`): inputs are directories (searched recursively for video extensions),
 video files, or text files listing paths (``.txt``/``.lst``/``.list``; one path per line, ``#``
 comments, relative paths resolved from the list's folder). The video id is the file stem; two inputs
-with one id are an error naming both.
+with one id are an error naming both. :func:`list_videos_in_order` (captioning) keeps the order given
+and both files, with ids made unique by their parent folders (:func:`unique_ids`).
 
 Decoding (:func:`decode_video`): decord first; PyAV when decord cannot open or decode a file (AV1,
 truncated files, some frame sizes). decord's frame count comes from the container index and is used
@@ -93,13 +94,9 @@ def _read_list(path: Path, problems: list[str]) -> list[Path]:
     return out
 
 
-def list_videos(inputs: Sequence[str | Path]) -> list[VideoSource]:
-    """The videos named by ``inputs``, sorted by id. Raises :class:`ConfigError` listing every problem.
-
-    A command-line input that does not exist is a problem; a missing path inside a list file, a
-    dangling link or a folder named like a video is listed anyway and fails later, per video.
-    """
-    problems: list[str] = []
+def _named_paths(inputs: Sequence[str | Path], problems: list[str]) -> list[Path]:
+    """Every video path ``inputs`` name, in the order given: a folder's videos as :func:`_walk` finds them
+    (by name, its own files before its subfolders'), a list file's in its order."""
     found: list[Path] = []
     for raw in inputs:
         p = Path(raw).expanduser()
@@ -112,17 +109,40 @@ def list_videos(inputs: Sequence[str | Path]) -> list[VideoSource]:
             found.append(p)
         else:
             problems.append(f"{p}: no such file or directory")
-    by_id: dict[str, VideoSource] = {}
-    seen_paths: set[str] = set()
+    return found
+
+
+def _stem(p: Path) -> str:
+    return p.stem if not p.is_dir() else p.name.rsplit(".", 1)[0]
+
+
+def _each_once(found: list[Path], problems: list[str]) -> list[Path]:
+    """``found`` without repeats of one file (by absolute path) and without names that give no id."""
+    seen: set[str] = set()
+    out = []
     for p in found:
         key = os.path.abspath(p)
-        if key in seen_paths:
+        if key in seen:
             continue  # the same file named twice
-        seen_paths.add(key)
-        vid = p.stem if not p.is_dir() else p.name.rsplit(".", 1)[0]
-        if not vid:
+        seen.add(key)
+        if not _stem(p):
             problems.append(f"{p}: cannot derive a video id from this name")
             continue
+        out.append(p)
+    return out
+
+
+def list_videos(inputs: Sequence[str | Path]) -> list[VideoSource]:
+    """The videos named by ``inputs``, sorted by id. Raises :class:`ConfigError` listing every problem.
+
+    A command-line input that does not exist is a problem; a missing path inside a list file, a
+    dangling link or a folder named like a video is listed anyway and fails later, per video. Two files
+    with one id (stem) are a problem too: a feature store keys videos by id.
+    """
+    problems: list[str] = []
+    by_id: dict[str, VideoSource] = {}
+    for p in _each_once(_named_paths(inputs, problems), problems):
+        vid = _stem(p)
         if vid in by_id:
             problems.append(f"two inputs have the video id {vid!r}: {by_id[vid].path} and {p} "
                             f"(video ids are file stems; rename one)")
@@ -131,6 +151,55 @@ def list_videos(inputs: Sequence[str | Path]) -> list[VideoSource]:
     if problems:
         raise ConfigError(problems)
     return [by_id[k] for k in sorted(by_id)]
+
+
+def list_videos_in_order(inputs: Sequence[str | Path]) -> list[VideoSource]:
+    """The videos named by ``inputs`` in the order given (what ``fcvc caption`` captions), each file once,
+    with ids made unique by :func:`unique_ids`. Raises :class:`ConfigError` as :func:`list_videos` does,
+    but two files with one stem are both kept."""
+    problems: list[str] = []
+    paths = _each_once(_named_paths(inputs, problems), problems)
+    if problems:
+        raise ConfigError(problems)
+    return [VideoSource(vid, p) for vid, p in zip(unique_ids(paths), paths)]
+
+
+def _tail(parents: tuple[str, ...], k: int, name: str) -> str:
+    return "/".join((*parents[max(0, len(parents) - k):], name))
+
+
+def unique_ids(paths: Sequence[Path]) -> list[str]:
+    """One id per path (distinct paths): the file stem, unless several paths share it. Each of those gets
+    the fewest of its parent folders that tell it apart from the others, joined with ``/``
+    (``a/clip.mp4``, ``b/clip.mp4`` -> ``a/clip``, ``b/clip``; ``x/a/clip.mp4``, ``y/a/clip.mp4``,
+    ``b/clip.mp4`` -> ``x/a/clip``, ``y/a/clip``, ``b/clip``); files of one folder that differ only in
+    their extension keep it (``clip.mp4``, ``clip.mkv``). Parents are those of the absolute path.
+    """
+    stems = [_stem(Path(p)) for p in paths]
+    ids = list(stems)
+    groups: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        groups.setdefault(stem, []).append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            continue
+        parts = {i: Path(os.path.abspath(paths[i])).parts for i in members}
+        parents = {i: parts[i][1:-1] for i in members}  # below the root
+        same_folder = len({parents[i] for i in members}) < len(members)
+        for i in members:
+            name = parts[i][-1] if same_folder else stems[i]
+            start = 0 if same_folder else 1
+            for k in range(start, max(start, len(parents[i])) + 1):
+                candidate = _tail(parents[i], k, name)
+                others = {_tail(parents[j], k, parts[j][-1] if same_folder else stems[j]) for j in members if j != i}
+                if candidate not in others:
+                    break
+            ids[i] = candidate
+    counts: dict[str, int] = {}
+    for vid in ids:
+        counts[vid] = counts.get(vid, 0) + 1
+    # a stem may look like another file's made-up id ("clip.mp4" from clip.mp4.avi): the full path then
+    return [vid if counts[vid] == 1 else os.path.abspath(p) for vid, p in zip(ids, paths)]
 
 
 # --------------------------------------------------------------------------------------------------
