@@ -6,11 +6,15 @@
 
 Either yields False when this machine cannot do it (root without the right to mount, no ``mount``):
 the caller then injects the same errno at the write site instead (``inject_errno``).
+
+:func:`run_on_read_only_root` runs a command on a read-only root file system (root with ``unshare``;
+check :func:`can_unshare_mounts` first, and skip where it is False).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -96,3 +100,22 @@ def inject_errno(monkeypatch: pytest.MonkeyPatch, code: int, *, under: Path) -> 
 
     monkeypatch.setattr(artifacts.tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr(artifacts.os, "fsync", fsync)
+
+
+def can_unshare_mounts() -> bool:
+    """Whether this machine lets a process mount in a private mount namespace (root with ``unshare``)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount --bind / / && mount -o remount,ro,bind /"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def run_on_read_only_root(args: list[str], *, cwd: Path, env: dict[str, str],
+                          timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``args`` in a private mount namespace (``unshare --mount``) whose root file system is a read-only
+    bind mount of itself: the working directory, the home directory, /tmp and /var/tmp refuse every write
+    (EROFS), as on a read-only system image; nothing changes outside the namespace."""
+    script = f"mount --bind / / && mount -o remount,ro,bind / && cd {shlex.quote(str(cwd))} && exec {shlex.join(args)}"
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -6,7 +6,8 @@
 - :class:`Captioner`: a model, its vocabulary and its decoding options, loaded from a checkpoint
   (:meth:`Captioner.from_checkpoint`) or from a self-contained ``.fcvc`` file written by ``fcvc export``
   (:meth:`Captioner.load`, which also brings the feature settings and networks: ``caption`` then takes
-  video files). Results are :class:`Caption` values; ``attention_figure`` draws one.
+  video files and computes their features in memory). ``fcvc caption`` uses it in both forms (``--model``
+  and ``--run``). Results are :class:`Caption` values; ``attention_figure`` draws one.
 - :func:`caption_split`: caption every video of a split of the work directory's store with a run's
   ``best.pt``, cached per (checkpoint, features, vocabulary, decoding) — what ``fcvc score`` and the
   ablation score.
@@ -18,10 +19,9 @@ line (Click, ``fcvc_pipeline.commands``).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,21 +34,26 @@ from fcvc_pipeline.devices import resolve_device
 from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
-from fcvc_pipeline.features.extraction import extract_like
+from fcvc_pipeline.features.extraction import VideoResult, extract_in_memory
+from fcvc_pipeline.features.networks import Backbones
 from fcvc_pipeline.features.settings import decode_plan
 from fcvc_pipeline.features.store import FeatureStore, VideoFeatures
-from fcvc_pipeline.features.video import DecodeError, VideoSource, decode_video, list_videos
+from fcvc_pipeline.features.video import DecodeError, VideoSource, decode_video, list_videos_in_order
 from fcvc_pipeline.inference.checkpoint import decoding_of, load_checkpoint, model_from_checkpoint, vocabulary_of
 from fcvc_pipeline.inference.decoding import Hypothesis, generate
-from fcvc_pipeline.inference.figures import draw_attention_figure
+from fcvc_pipeline.inference.figures import draw_attention_figure, write_png
 from fcvc_pipeline.inference.options import DecodingOptions
-from fcvc_pipeline.inference.package import FeatureRecipe, check_extractable, read_package, reference_store
+from fcvc_pipeline.inference.package import FeatureRecipe, build_backbones, check_extractable, read_package
 from fcvc_pipeline.models import CaptionModel
 from fcvc_pipeline.workdir import Workdir
 
 # What caption_features takes for one video: arrays by the store's names (frame_features [N, frame_dim],
 # clip_features [N, clip_dim], region_features [N, M, region_dim]), or a store's VideoFeatures.
 VideoArrays = Union[Mapping[str, Any], VideoFeatures]
+# How Captioner.caption gets the features of video files: the sources in, one VideoResult per source out, in
+# the same order (extract_in_memory by default; fcvc caption --run keeps them in caption-features/).
+FeatureSource = Callable[[list[VideoSource]], Iterable[VideoResult]]
+CAPTION_GROUP = 32  # videos per beam search (and the most features Captioner.caption holds at once)
 
 
 @torch.inference_mode()
@@ -120,7 +125,8 @@ class Captioner:
     Loaded from a ``.fcvc`` file (:meth:`load`) it also knows how its features are computed
     (``extraction``: the feature settings and networks), so :meth:`caption` takes video files; loaded
     from a checkpoint (:meth:`from_checkpoint`) it captions features (:meth:`caption_features`,
-    :meth:`caption_bank`), and ``fcvc caption`` computes them with the work directory's store.
+    :meth:`caption_bank`), and video files when given the recipe of its training store (``fcvc caption
+    --run`` does that).
     """
 
     model: CaptionModel
@@ -131,16 +137,21 @@ class Captioner:
     device: torch.device
     extraction: FeatureRecipe | None = None  # how the features of a new video are computed (.fcvc files)
     provenance: dict[str, Any] = field(default_factory=dict)  # run, training config, scores, versions
+    _networks: dict[tuple, Backbones] = field(default_factory=dict, repr=False)  # built by backbones()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", *,
-                        checkpoint: dict[str, Any] | None = None) -> Captioner:
-        """Load ``path`` (or use the already loaded ``checkpoint`` of it)."""
+                        checkpoint: dict[str, Any] | None = None,
+                        extraction: FeatureRecipe | None = None) -> Captioner:
+        """Load ``path`` (or use the already loaded ``checkpoint`` of it). ``extraction``: the recipe of the
+        store it was trained on (``recipe_from_store``), so that :meth:`caption` takes video files."""
         path = Path(path)
         dev = torch.device(device)
         ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
+        if extraction is not None and extraction.settings_fingerprint != ckpt.get("store_settings_fingerprint"):
+            raise MismatchError(f"{path} was trained on features extracted with other settings than the recipe given")
         return cls(model=model_from_checkpoint(ckpt, path, dev), vocab=vocabulary_of(ckpt),
-                   options=decoding_of(ckpt, path), checkpoint=ckpt, path=path, device=dev)
+                   options=decoding_of(ckpt, path), checkpoint=ckpt, path=path, device=dev, extraction=extraction)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
@@ -260,62 +271,86 @@ class Captioner:
 
     def caption(self, videos: Sequence[str | Path] | str | Path, *, beam_size: int | None = None,
                 max_len: int | None = None, length_penalty: float | None = None, workers: int | None = None,
-                weights_paths: Mapping[str, str | Path] | None = None) -> list[Caption]:
-        """Caption video files (or directories, or list files, as ``fcvc caption`` takes them).
+                weights_paths: Mapping[str, str | Path] | None = None,
+                feature_source: FeatureSource | None = None) -> list[Caption]:
+        """Caption video files (or folders, or list files, as ``fcvc caption`` takes them).
 
-        Features are computed with the settings and the very same networks the model was trained on
-        (recorded in the ``.fcvc`` file; each rebuilt network is checked against its recorded hash), in
-        a temporary directory that is removed afterwards. One :class:`Caption` per video, in the order
-        the inputs were given (the videos of a folder or list file by id); a video that cannot be decoded gets
-        ``error`` set, the others are still captioned. ``weights_paths`` ({"inception"|"clip": path})
-        points at a weights file that was not embedded and has moved since the export.
+        One :class:`Caption` per video, in the order the inputs were given (a folder's videos by name, a
+        list file's in its order); two files with one name in different folders are both captioned,
+        their ids made unique by their parent folders (``a/clip``, ``b/clip``:
+        :func:`~fcvc_pipeline.features.video.unique_ids`). A video that cannot be decoded gets ``error``
+        set; the others are still captioned.
+
+        Features are computed in memory (nothing is written anywhere) with the settings and the very same
+        networks the model was trained on: rebuilt from the recipe (``extraction``), each checked against
+        its recorded hash. ``weights_paths`` ({"inception"|"clip": path}) points at a weights file that was
+        not embedded and is not at its recorded path; a changed file is a :class:`MismatchError`.
+        ``feature_source`` replaces the in-memory computation (``fcvc caption --run`` passes one that keeps
+        the features in the work directory's ``caption-features/`` store).
         """
+        self.decoding(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)  # checked before the work
+        if feature_source is None:
+            self._check_can_extract()
+        inputs = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
+        sources = list_videos_in_order(inputs)
+        if feature_source is None:
+            feature_source = self.in_memory_features(workers=workers, weights_paths=weights_paths)
+        out: dict[str, Caption] = {}
+        group: dict[str, dict[str, np.ndarray]] = {}
+        paths = {s.video_id: s.path for s in sources}
+
+        def flush() -> None:
+            for c in self.caption_features(group, beam_size=beam_size, max_len=max_len,
+                                           length_penalty=length_penalty):
+                out[c.video] = c
+            group.clear()
+
+        # captioned in groups of CAPTION_GROUP videos in input order, as they come: whatever the source, the
+        # same videos give the same groups (so the same numbers), and only one group's features are held
+        for result in feature_source(sources):
+            vid = result.source.video_id
+            if result.arrays is None:
+                out[vid] = Caption(video=vid, text=None, error=result.error or "no features were computed")
+                continue
+            group[vid] = result.arrays
+            if len(group) >= CAPTION_GROUP:
+                flush()
+        if group:
+            flush()
+        captions = []
+        for s in sources:
+            c = out.get(s.video_id) or Caption(video=s.video_id, text=None, error="no features were computed")
+            c.path = paths[s.video_id]
+            captions.append(c)
+        return captions
+
+    def in_memory_features(self, *, workers: int | None = None,
+                           weights_paths: Mapping[str, str | Path] | None = None) -> FeatureSource:
+        """The default ``feature_source`` of :meth:`caption`: the recipe's networks on this captioner's
+        device (built on first use and kept), :func:`~fcvc_pipeline.features.extraction.extract_in_memory`."""
+        recipe = self._check_can_extract()
+        backbones = self.backbones(weights_paths)
+        settings = dict(recipe.settings)
+        return lambda sources: extract_in_memory(settings, backbones, sources, workers=workers)
+
+    def _check_can_extract(self) -> FeatureRecipe:
         if self.extraction is None:
             raise MismatchError(f"{self.path}: this captioner was loaded from a checkpoint, which does not carry "
                                 f"its feature settings and networks",
                                 hint="use `fcvc caption --workdir` of its training run, or `fcvc export` it and "
                                      "load the .fcvc file")
         check_extractable(self.extraction)
-        self.decoding(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)  # checked before the work
-        inputs = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
-        sources = _in_input_order(list_videos(inputs), inputs)
-        arrays, failed = self._video_features(sources, workers=workers, weights_paths=weights_paths)
-        captioned = _by_video(self.caption_features(arrays, beam_size=beam_size, max_len=max_len,
-                                                    length_penalty=length_penalty)) if arrays else {}
-        out = []
-        for s in sources:
-            c = captioned.get(s.video_id)
-            if c is None:
-                c = Caption(video=s.video_id, text=None, error=failed.get(s.video_id, "no features were computed"))
-            c.path = s.path
-            out.append(c)
-        return out
+        return self.extraction
 
-    def _video_features(self, sources: list[VideoSource], *, workers: int | None,
-                        weights_paths: Mapping[str, str | Path] | None
-                        ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
-        """(video id -> its arrays as the store keeps them, video id -> why it failed) for video files.
-
-        Computed through the store-based extraction (``extract_like`` against a reference store rebuilt
-        from the recipe) in a temporary directory; an in-memory extraction can replace this one method.
-        """
+    def backbones(self, weights_paths: Mapping[str, str | Path] | None = None) -> Backbones:
+        """The feature networks of the recipe on this captioner's device, rebuilt and checked once."""
         assert self.extraction is not None
-        with tempfile.TemporaryDirectory(prefix="fcvc-caption-") as tmp:
-            ref, embedded = reference_store(self.extraction, tmp)
-            overrides = {**{k: Path(v) for k, v in (weights_paths or {}).items()}, **embedded}
-            out = Path(tmp) / "features.zarr"
-            result = extract_like(ref, [s.path for s in sources], out, device=str(self.device), workers=workers,
-                                  weights_paths=overrides)
-            store = FeatureStore.open(out)
-            failed = dict(result.failed)
-            arrays = {}
-            for s in sources:
-                if s.video_id in failed or not store.is_complete(s.video_id):
-                    continue
-                f = store.read_video(s.video_id)
-                arrays[s.video_id] = {"frame_features": f.frame_features, "clip_features": f.clip_features,
-                                      "region_features": f.region_features}
-        return arrays, failed
+        key = tuple(sorted((k, str(v)) for k, v in (weights_paths or {}).items()))
+        cached = self._networks.get(key)
+        if cached is None:
+            cached = self._networks[key] = build_backbones(self.extraction, self.device, weights_paths=weights_paths,
+                                                           where=str(self.path))
+        return cached
 
     def attention_figure(self, caption: Caption, frames: np.ndarray | None = None) -> Image.Image:
         """The attention figure of ``caption`` (a PIL image; ``.save("x.png")`` writes it).
@@ -340,9 +375,9 @@ class Captioner:
         return draw_attention_figure(frames, caption.words, caption.frame_attention, caption.region_attention,
                                      title=title)
 
-
-def _by_video(captions: list[Caption]) -> dict[str, Caption]:
-    return {c.video: c for c in captions}
+    def save_attention_figure(self, caption: Caption, path: str | Path, frames: np.ndarray | None = None) -> Path:
+        """Write :meth:`attention_figure` of ``caption`` to ``path`` as a PNG (atomically); returns the path."""
+        return write_png(path, self.attention_figure(caption, frames))
 
 
 def _bank(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> FeatureBank:
@@ -350,16 +385,6 @@ def _bank(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> FeatureBank:
     stack = lambda name: torch.from_numpy(np.stack([a[name] for a in arrays.values()])) if name in first else None  # noqa: E731
     return FeatureBank(video_ids=list(arrays), frames=stack("frame_features"), clips=stack("clip_features"),
                        regions=stack("region_features"))
-
-
-def _in_input_order(sources: list[VideoSource], inputs: Sequence[str | Path]) -> list[VideoSource]:
-    """``sources`` (all the inputs' videos, sorted by id) ordered by the first input naming each video: the
-    file itself, or the folder or list file it was found through (whose videos stay sorted by id)."""
-    position: dict[str, int] = {}
-    for k, item in enumerate(inputs):
-        for source in list_videos([item]):
-            position.setdefault(os.path.abspath(source.path), k)
-    return sorted(sources, key=lambda s: position.get(os.path.abspath(s.path), len(inputs)))
 
 
 def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: Path) -> None:

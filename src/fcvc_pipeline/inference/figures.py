@@ -165,7 +165,11 @@ def render_attention_figure(out_path: str | Path, frames: np.ndarray, words: lis
                             title: str = "") -> Path:
     """Draw the attention of each generated word (:func:`draw_attention_figure`) and write it as a PNG
     (atomically); returns the path."""
-    img = draw_attention_figure(frames, words, frame_attn, region_attn, title=title)
+    return write_png(out_path, draw_attention_figure(frames, words, frame_attn, region_attn, title=title))
+
+
+def write_png(out_path: str | Path, img: Image.Image) -> Path:
+    """Write a picture as a PNG, atomically; returns the path."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     out = Path(out_path)

@@ -33,7 +33,8 @@ every offset against the file's length); nothing is unpickled or evaluated. A pi
 checkpoint), a text file, a truncated or damaged file, or one from a newer format version is an
 :class:`~fcvc_pipeline.errors.InputError` naming the file. The BatchNorm statistics a feature store
 keeps as a ``torch.save`` blob are converted to plain tensors on export (read there with
-``weights_only=True``) and back on use, so no pickle ever travels inside a ``.fcvc`` file.
+``weights_only=True``) and loaded into the rebuilt network as tensors, so no pickle ever travels inside a
+``.fcvc`` file. :func:`build_backbones` rebuilds the recipe's networks in memory (no store, no file).
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+from torch import nn
 
-from fcvc_pipeline.artifacts import atomic_write_bytes, file_sha256
+from fcvc_pipeline.artifacts import atomic_write_bytes, fingerprint
 from fcvc_pipeline.captions.vocabulary import Vocabulary
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError
+from fcvc_pipeline.features.backbones import CLIP_MODELS
+from fcvc_pipeline.features.networks import Backbones, network_from_record
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.checkpoint import content_digest
 from fcvc_pipeline.inference.options import DecodingOptions
@@ -363,7 +367,7 @@ def _from_header(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) ->
                             provenance=dict(header.get("provenance") or {}))
 
 
-# -- using the recipe with the store-based extraction ----------------------------------------------------
+# -- using the recipe: the feature networks, without a store -------------------------------------------------
 def check_extractable(recipe: FeatureRecipe) -> None:
     """A :class:`MismatchError` unless the recipe can compute features of new videos."""
     if not recipe.can_extract:
@@ -374,35 +378,34 @@ def check_extractable(recipe: FeatureRecipe) -> None:
                                  "export again, or use Captioner.caption_features")
 
 
-def reference_store(recipe: FeatureRecipe, directory: str | Path) -> tuple[Path, dict[str, Path]]:
-    """A feature store in ``directory`` with the recipe's settings and network records and no videos: the
-    reference :func:`fcvc_pipeline.features.extraction.extract_like` rebuilds the networks from.
-
-    Returns the store's path and the weights files to pass as ``weights_paths``: embedded weights are
-    written there (as a ``torch.save`` of the tensors, made here) and their record points at that file,
-    so the rebuilt network is still checked against the recorded ``state_sha256``.
-    """
+def build_backbones(recipe: FeatureRecipe, device: torch.device, *,
+                    weights_paths: Mapping[str, str | Path] | None = None, where: str = "the captioner file"
+                    ) -> Backbones:
+    """The recipe's feature networks on ``device``, rebuilt with no store and no file written: a random
+    network from its seed and the BatchNorm statistics the recipe carries, a file network from the
+    embedded weights or else from its file (at ``weights_paths[role]`` or its recorded path; missing: a
+    :class:`MissingArtifactError` saying how to point at it; changed: a :class:`MismatchError`),
+    ``imagenet``/``hub`` from the embedded weights or torch's download cache. Every network is checked
+    against the ``state_sha256`` recorded when the training features were extracted."""
     check_extractable(recipe)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    store = FeatureStore.create(directory / "reference.zarr", recipe.settings)
-    if store.settings_fingerprint != recipe.settings_fingerprint:
-        raise MismatchError(f"the recorded feature settings do not reproduce their fingerprint "
-                            f"({store.settings_fingerprint[:12]}... != {recipe.settings_fingerprint[:12]}...)",
+    settings = recipe.settings
+    if fingerprint(settings) != recipe.settings_fingerprint:
+        raise MismatchError(f"{where}: the recorded feature settings do not reproduce their fingerprint "
+                            f"({fingerprint(settings)[:12]}... != {recipe.settings_fingerprint[:12]}...)",
                             hint="export the model again with this version of fcvc")
-    weights_paths: dict[str, Path] = {}
-    for role, b in recipe.backbones.items():
-        record = dict(b.record)
-        blobs: dict[str, bytes] = {}
-        if b.batchnorm is not None:
-            buf = io.BytesIO()
-            torch.save(b.batchnorm, buf)
-            record["bn_blob"] = record.get("bn_blob") or f"{role}_bn"
-            blobs[record["bn_blob"]] = buf.getvalue()
-        if b.weights is not None:
-            file = directory / f"{role}-weights.pt"
-            torch.save(b.weights, file)
-            record.update(kind="path", path=str(file), file_sha256=file_sha256(file))
-            weights_paths[role] = file
-        store.put_backbone(role, record, blobs)
-    return store.path, weights_paths
+    overrides = {k: Path(v) for k, v in (weights_paths or {}).items()}
+    unknown = sorted(set(overrides) - set(ROLES))
+    if unknown:
+        raise ConfigError(f"unknown feature network(s) {', '.join(map(repr, unknown))} for a weights file; "
+                          f"the roles are {', '.join(ROLES)}")
+    modules: dict[str, nn.Module] = {}
+    for role in ROLES:
+        if not settings.get(role):
+            continue
+        b = recipe.backbones[role]
+        hint = (f"point at the file (same content): --backbone-weights {role}=PATH (fcvc caption) or "
+                f"weights_paths={{{role!r}: PATH}} (Captioner.caption); or export with --embed-backbones")
+        modules[role] = network_from_record(role, b.record, where=f"{where} ({role} network)", batchnorm=b.batchnorm,
+                                            weights=b.weights, path_override=overrides.get(role), missing_hint=hint)
+    clip_info = CLIP_MODELS[settings["clip"]["model"]] if settings.get("clip") else None
+    return Backbones(modules["inception"], modules.get("clip"), clip_info, device)

@@ -1,29 +1,38 @@
-"""``fcvc caption VIDEO...``: caption any video files, end to end.
+"""``fcvc caption VIDEO...``: caption any video files, end to end, with one :class:`Captioner`.
 
-Features are extracted with exactly the settings and backbone weights of the features the model was trained
-on (``features.extraction.extract_like`` against the training store) into
-``<workdir>/caption-features/``, then captioned by the run's :class:`~fcvc_pipeline.inference.captioner.Captioner`
-with its stored decoding options (command-line options override them). Captioning a split of the work
-directory's store (for scoring) is ``inference.captioner.caption_split``.
+Two ways to name the model, one captioning path (:meth:`Captioner.caption`: inputs in the order given,
+ids made unique, groups of videos beam-searched alike):
+
+- ``--model FILE.fcvc`` (``fcvc export``): :meth:`Captioner.load`; the features are computed in memory
+  with the networks the file describes. No work directory is read or written, nothing is cached: it works
+  from any directory and on a read-only file system.
+- ``--run NAME`` / ``--checkpoint FILE`` in a work directory: the checkpoint plus the recipe of the
+  feature store it was trained on (its settings and network records). The features of the video files are
+  kept in ``<workdir>/caption-features/<settings>.zarr`` (``features.extraction.extract_like`` against
+  the training store), so captioning a file again (another run, another beam size) reads them back. The
+  cache is keyed by each file's absolute path and checked against its size and modification time; it is
+  never pruned and may be deleted at any time. When it cannot be written (a read-only or full work
+  directory) the features are computed in memory instead, with a warning.
+
+Captioning a split of the work directory's store (for scoring) is ``inference.captioner.caption_split``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.captions.vocabulary import Vocabulary
 from fcvc_pipeline.devices import check_device_spec, resolve_device
-from fcvc_pipeline.errors import FilesystemError, MismatchError, MissingArtifactError, filesystem_error, require
-from fcvc_pipeline.features.bank import load_feature_bank
-from fcvc_pipeline.features.extraction import extract_like
-from fcvc_pipeline.features.settings import decode_plan
-from fcvc_pipeline.features.store import FeatureStore
-from fcvc_pipeline.features.video import decode_video, list_videos
-from fcvc_pipeline.inference.captioner import Captioner
-from fcvc_pipeline.inference.figures import render_attention_figure
+from fcvc_pipeline.errors import FcvcError, FilesystemError, filesystem_error, require
+from fcvc_pipeline.features.extraction import VideoResult, extract_like
+from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
+from fcvc_pipeline.features.video import VideoSource
+from fcvc_pipeline.inference.captioner import Caption, Captioner, FeatureSource
+from fcvc_pipeline.inference.package import ROLES, recipe_from_store, training_store
 from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
@@ -31,9 +40,11 @@ from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 @dataclass(frozen=True)
 class CaptionConfig:
     inputs: tuple[Path, ...]
-    workdir: Path = DEFAULT_WORKDIR
+    workdir: Path | None = None  # None: ./fcvc-work (for --run / --checkpoint); --model reads none
     run: str | None = None
     checkpoint: Path | None = None  # overrides run
+    model: Path | None = None  # a .fcvc captioner file: no work directory
+    backbone_weights: tuple[tuple[str, Path], ...] = ()  # (role, path): a weights file not at its recorded path
     # decoding: None keeps what the run stored (inference/options.py; the beam size chosen on validation)
     beam_size: int | None = None
     max_len: int | None = None  # default: the model's longest caption
@@ -54,6 +65,17 @@ class CaptionConfig:
             problems.append(f"length_penalty must be >= 0 (got {self.length_penalty})")
         if self.run is not None and self.checkpoint is not None:
             problems.append("give --run or --checkpoint, not both")
+        if self.model is not None:
+            if self.run is not None or self.checkpoint is not None:
+                problems.append("give --model or --run/--checkpoint, not both")
+            if self.workdir is not None:
+                problems.append("--model FILE.fcvc reads no work directory: drop --workdir")
+        roles = [role for role, _ in self.backbone_weights]
+        for role in sorted(set(roles)):
+            if role not in ROLES:
+                problems.append(f"--backbone-weights {role}=...: unknown network {role!r} (one of {', '.join(ROLES)})")
+            elif roles.count(role) > 1:
+                problems.append(f"--backbone-weights {role}=... is given {roles.count(role)} times")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
         return problems
@@ -61,102 +83,131 @@ class CaptionConfig:
 
 @dataclass
 class CaptionResult:
-    items: list[dict[str, Any]]
-    failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
-    checkpoint: str = ""
+    captions: list[Caption]  # one per input video, in the order given
+    checkpoint: str = ""  # the checkpoint or captioner file used
     figures: dict[str, str] = field(default_factory=dict)  # video id -> attention figure written
     figure_error: str | None = None  # why the --attention figures (all or the rest) were not written
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The captioned videos: {"video", "caption", "score", "path"}, in input order."""
+        return [c.to_json() for c in self.captions if c.ok]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """video id -> why it has no caption."""
+        return {c.video: str(c.error) for c in self.captions if not c.ok}
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed or self.figure_error else 0
 
     def to_json(self) -> list[dict[str, Any]]:
-        items = self.items
-        if self.figures or self.figure_error:  # --attention was given: say where each figure is, or why not
-            items = []
-            for item in self.items:
-                figure = self.figures.get(item["video"])
-                items.append({**item, "figure": figure}
-                             | ({"figure_error": self.figure_error} if figure is None else {}))
-        failed = [{"video": v, "caption": None, "error": why} for v, why in self.failed.items()]
-        return items + failed
-
-
-def _reference_store(ckpt: dict[str, Any], workdir: Path, checkpoint_path: Path) -> FeatureStore:
-    """The store whose features the model was trained on: the work directory's, else the recorded one."""
-    for candidate in (Workdir(workdir).features, Path(ckpt.get("store_path", ""))):
-        if str(candidate) and FeatureStore.exists(candidate):
-            store = FeatureStore.open(candidate)
-            if store.settings_fingerprint == ckpt.get("store_settings_fingerprint"):
-                return store
-            raise MismatchError(
-                f"{checkpoint_path} was trained on features extracted with other settings than {candidate}",
-                hint="caption with the work directory the model was trained in")
-    raise MissingArtifactError(f"the feature store {checkpoint_path} was trained on is gone ({ckpt.get('store_path')})",
-                               hint="its settings and backbone weights are needed to compute matching features; "
-                                    "pass --workdir of the training run")
+        """One entry per input video, in the order given (a failed one with ``caption`` null and ``error``)."""
+        out = []
+        for c in self.captions:
+            item = c.to_json()
+            if c.ok and (self.figures or self.figure_error):  # --attention: where each figure is, or why not
+                figure = self.figures.get(c.video)
+                item["figure"] = figure
+                if figure is None:
+                    item["figure_error"] = self.figure_error
+            out.append(item)
+        return out
 
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
     require(cfg.validate())
-    w = Workdir(cfg.workdir)
-    sources = list_videos(cfg.inputs)
-    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else w.resolve_run(cfg.run) / "best.pt"
-    captioner = Captioner.from_checkpoint(ckpt_path, resolve_device(cfg.device))
-    options = captioner.options.override(beam_size=cfg.beam_size, max_len=cfg.max_len,
-                                         length_penalty=cfg.length_penalty)
-    ref = _reference_store(captioner.checkpoint, cfg.workdir, ckpt_path)
-    out_store = w.caption_features / f"{ref.settings_fingerprint[:16]}.zarr"
-    progress.log(f"caption: {len(sources)} video(s) with {ckpt_path} (features like {ref.path})")
-    extracted = extract_like(ref.path, [s.path for s in sources], out_store, device=cfg.device, workers=cfg.workers)
-    store = FeatureStore.open(out_store)
-    failed = dict(extracted.failed)
-    done = [s for s in sources if s.video_id not in failed and store.is_complete(s.video_id)]
-    for s in sources:
-        if s.video_id not in failed and not store.is_complete(s.video_id):
-            failed[s.video_id] = "no features were written"
-    items: list[dict[str, Any]] = []
-    figures: dict[str, str] = {}
-    figure_error: str | None = None
-    if done:
-        bank = load_feature_bank(store, [s.video_id for s in done], regions=captioner.model.config.uses_regions)
-        hyps = captioner.caption_bank(bank, options)
-        for s in done:
-            h = hyps[s.video_id]
-            items.append({"video": s.video_id, "path": str(s.path), "caption": captioner.text(h),
-                          "score": float(h.score)})
-        if cfg.attention is not None:
-            figures, refused = _attention_figures(cfg.attention, done, hyps, captioner.vocab, ref.settings)
-            if refused is not None:  # the captions are computed: keep them, say which figures are missing
-                figure_error = refused.message
-                progress.warn(f"attention figures not written into {cfg.attention} "
-                              f"({len(done) - len(figures)} of {len(done)} missing): {refused}")
-    for v, why in failed.items():
-        progress.warn(f"{v}: {why}")
-    return CaptionResult(items=items, failed=failed, checkpoint=str(ckpt_path), figures=figures,
-                         figure_error=figure_error)
+    device = resolve_device(cfg.device)
+    weights = dict(cfg.backbone_weights)
+    source: FeatureSource | None = None
+    if cfg.model is not None:
+        captioner = Captioner.load(cfg.model, device)
+        progress.log(f"caption: {len(cfg.inputs)} input(s) with {cfg.model} (features computed in memory)")
+    else:
+        workdir = cfg.workdir or DEFAULT_WORKDIR
+        w = Workdir(workdir)
+        ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else w.resolve_run(cfg.run) / "best.pt"
+        captioner = Captioner.from_checkpoint(ckpt_path, device)
+        ref = training_store(captioner.checkpoint, workdir, ckpt_path)
+        captioner.extraction = recipe_from_store(ref)
+        cache = w.caption_features / f"{ref.settings_fingerprint[:16]}.zarr"
+        source = _cached_features(captioner, ref, cache, device=str(device), workers=cfg.workers, weights=weights)
+        progress.log(f"caption: {len(cfg.inputs)} input(s) with {ckpt_path} (features like {ref.path}, kept in {cache})")
+    captions = captioner.caption(cfg.inputs, beam_size=cfg.beam_size, max_len=cfg.max_len,
+                                 length_penalty=cfg.length_penalty, workers=cfg.workers, weights_paths=weights,
+                                 feature_source=source)
+    result = CaptionResult(captions=captions, checkpoint=str(cfg.model or captioner.path))
+    done = [c for c in captions if c.ok]
+    if cfg.attention is not None and done:
+        result.figures, refused = _attention_figures(captioner, cfg.attention, done)
+        if refused is not None:  # the captions are computed: keep them, say which figures are missing
+            result.figure_error = refused.message
+            progress.warn(f"attention figures not written into {cfg.attention} "
+                          f"({len(done) - len(result.figures)} of {len(done)} missing): {refused}")
+    for c in captions:
+        if not c.ok:
+            progress.warn(f"{c.path or c.video}: {c.error}")
+    return result
 
 
-def _attention_figures(out_dir: Path, sources, hyps, vocab: Vocabulary,
-                       settings: dict[str, Any]) -> tuple[dict[str, str], FilesystemError | None]:
+def cache_key(source: VideoSource) -> str:
+    """The id a video file's features have in ``caption-features/``: its stem and a hash of its absolute
+    path, so two files with one name never share an entry and a file keeps its entry across calls."""
+    digest = hashlib.sha256(os.path.abspath(source.path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{Path(source.path).stem}~{digest}"
+
+
+def _cached_features(captioner: Captioner, ref: FeatureStore, cache: Path, *, device: str, workers: int | None,
+                     weights: Mapping[str, Path]) -> FeatureSource:
+    """The videos' features through the cache store (extracted there when missing or changed on disk);
+    in memory, with a warning, when the cache cannot be written."""
+
+    def compute(sources: list[VideoSource]) -> Iterator[VideoResult]:
+        keyed = [VideoSource(cache_key(s), s.path) for s in sources]
+        try:
+            extracted = extract_like(ref.path, keyed, cache, device=device, workers=workers,
+                                     weights_paths=dict(weights))
+        except (FcvcError, OSError) as e:
+            refused = e if isinstance(e, FilesystemError) else filesystem_error(e)
+            if refused is None:
+                raise
+            progress.warn(f"the feature cache {cache} cannot be written ({refused.message}); computing the "
+                          f"features in memory instead")
+            yield from captioner.in_memory_features(workers=workers, weights_paths=weights)(sources)
+            return
+        store = FeatureStore.open(cache)
+        for source, key in zip(sources, keyed):
+            if key.video_id in extracted.failed:
+                yield VideoResult(source, None, extracted.failed[key.video_id])
+            elif not store.is_complete(key.video_id):
+                yield VideoResult(source, None, "no features were written")
+            else:
+                try:
+                    f = store.read_video(key.video_id)
+                except DamagedVideoError as e:
+                    yield VideoResult(source, None, str(e))
+                    continue
+                yield VideoResult(source, {"frame_features": f.frame_features, "clip_features": f.clip_features,
+                                           "region_features": f.region_features})
+
+    return compute
+
+
+def _attention_figures(captioner: Captioner, out_dir: Path,
+                       captions: list[Caption]) -> tuple[dict[str, str], FilesystemError | None]:
     """One PNG per video: sampled frames, per-word temporal attention, per-word region heatmap.
 
     Returns the figures written and, when the directory refused a write (read-only, full, not ours), that
     refusal: the figures after it are not attempted, since they would meet the same disk.
     """
     out_dir = Path(out_dir)
-    plan = decode_plan({**settings, "clip": None})
     figures: dict[str, str] = {}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for s in sources:
-            h = hyps[s.video_id]
-            words = vocab.decode_tokens(h.tokens)
-            frames = decode_video(s.path, plan).frames
-            path = render_attention_figure(out_dir / f"{safe_name(s.video_id)}.png", frames, words,
-                                           h.frame_attn, h.region_attn, title=s.video_id)
-            figures[s.video_id] = str(path)
+        for c in captions:
+            path = captioner.save_attention_figure(c, out_dir / f"{safe_name(c.video)}.png")
+            figures[c.video] = str(path)
             progress.log(f"attention figure: {path}")
     except OSError as e:
         refused = filesystem_error(e)
