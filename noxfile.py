@@ -49,5 +49,5 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark, each printing JSON with side-by-side ratios."""
     install(session)
-    for name in ("extract", "decode", "train"):
+    for name in ("extract", "decode", "train", "caption"):
         session.run("fcvc", "bench", name, "--json", *session.posargs)

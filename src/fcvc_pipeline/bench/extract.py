@@ -38,7 +38,7 @@ from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
 TARGET_RATIO = 0.85
 
 
-def _write_videos(folder: Path, count: int, frames: int, height: int, width: int, seed: int = 0) -> None:
+def write_videos(folder: Path, count: int, frames: int, height: int, width: int, seed: int = 0) -> None:
     """Textured frames with a drifting pattern and a moving square, H.264 in mp4."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,9 +166,9 @@ def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_si
         with tempfile.TemporaryDirectory(prefix="fcvc-bench-extract-") as tmp:
             root = Path(keep) if keep else Path(tmp)
             t0 = time.perf_counter()
-            _write_videos(root / "videos", videos, video_frames, h, w)
+            write_videos(root / "videos", videos, video_frames, h, w)
             if c3d_videos:
-                _write_videos(root / "videos_c3d", c3d_videos, video_frames, h, w, seed=1)
+                write_videos(root / "videos_c3d", c3d_videos, video_frames, h, w, seed=1)
             dev = device_for_rank(device)
             report: dict[str, Any] = {
                 "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",

@@ -11,6 +11,7 @@ BENCHES: dict[str, str] = {
     "decode": "fcvc_pipeline.bench.decode:bench_decode",
     "train": "fcvc_pipeline.bench.train:bench_train",
     "checksums": "fcvc_pipeline.bench.checksums:bench_checksums",
+    "caption": "fcvc_pipeline.bench.caption:bench_caption",
 }
 
 

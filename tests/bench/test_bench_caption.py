@@ -1,0 +1,29 @@
+"""`fcvc bench caption` at a small size: the JSON contract (ratios of its own medians, identical captions)."""
+
+import pytest
+
+from fcvc_pipeline.bench.caption import SIDES, CaptionBenchConfig, run_caption_bench
+
+
+@pytest.mark.slow
+def test_the_caption_bench_reports_ratios_of_its_own_timings(tmp_path, one_thread):
+    out = run_caption_bench(CaptionBenchConfig(videos=2, rounds=2, video_frames=8, video_size=(64, 48), frames=3,
+                                               frame_size=75, d_model=16, words=8, workers=1, workdir=tmp_path))
+    assert set(out["sides"]) == set(SIDES)
+    for side in SIDES:
+        for n in ("1", "2"):
+            row = out["sides"][side][n]
+            assert len(row["all_rounds"]) == 2 and row["seconds"] > 0
+            assert row["seconds_per_video"] == pytest.approx(row["seconds"] / int(n), abs=2e-3)
+            assert row["videos_per_s"] == pytest.approx(int(n) / row["seconds"], rel=1e-2)
+    for other in ("workdir_cold", "workdir_cached"):
+        for n in ("1", "2"):
+            assert out["ratios"][f"model_to_{other}"][n] == pytest.approx(
+                out["sides"]["model"][n]["seconds"] / out["sides"][other][n]["seconds"], rel=1e-2)
+    assert out["captions_identical"] is True
+    assert 0 < out["mean_caption_words"] <= 20
+    memory = out["memory"]
+    assert memory["after_import_mb"] > 0 and memory["after_load_mb"] >= memory["after_import_mb"]
+    assert memory["after_caption_one_mb"] >= memory["after_load_mb"] and memory["load_seconds"] > 0
+    assert out["model_file_bytes"] == (tmp_path / "captioner.fcvc").stat().st_size
+    assert (tmp_path / "work" / "caption-features").is_dir()  # kept: --keep / workdir
