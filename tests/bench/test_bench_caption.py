@@ -23,7 +23,9 @@ def test_the_caption_bench_reports_ratios_of_its_own_timings(tmp_path, one_threa
     assert out["captions_identical"] is True
     assert 0 < out["mean_caption_words"] <= 20
     memory = out["memory"]
-    assert memory["after_import_mb"] > 0 and memory["after_load_mb"] >= memory["after_import_mb"]
-    assert memory["after_caption_one_mb"] >= memory["after_load_mb"] and memory["load_seconds"] > 0
+    assert 0 < memory["rss_after_import_mb"] <= memory["peak_after_import_mb"]
+    assert memory["load_peak_mb"] >= memory["rss_after_load_mb"] > 0 and memory["caption_one_peak_mb"] > 0
+    assert memory["load_extra_mb"] == pytest.approx(memory["load_peak_mb"] - memory["rss_after_import_mb"], abs=0.2)
+    assert memory["load_seconds"] > 0 and memory["import_seconds"] > 0
     assert out["model_file_bytes"] == (tmp_path / "captioner.fcvc").stat().st_size
     assert (tmp_path / "work" / "caption-features").is_dir()  # kept: --keep / workdir
