@@ -12,7 +12,7 @@ path                        written by                    what
 ``runs/<run>/``             ``fcvc train``                config, metrics, checkpoints, manifest
 ``runs/<run>/captions/``    ``fcvc score`` / ablation     cached captions of a split (+ their scores)
 ``runs/ablation.{md,json}`` ``fcvc train --model all``    the paper-style table
-``caption-features/``       ``fcvc caption``              features of captioned video files, per settings
+``caption-features/``       ``fcvc caption``              a cache of captioned files' features (not --model)
 ``scores/``                 ``fcvc score --captions F``   scores of a captions file outside the workdir
 ``demo/``                   ``fcvc demo``                 the constant-caption floor, attention figures
 ==========================  ============================  ==============================================
