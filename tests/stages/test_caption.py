@@ -195,10 +195,12 @@ def test_two_files_with_one_name_are_both_captioned(trained, exported, tmp_path)
     shutil.copy(videos[1], tmp_path / "a" / "clip.mp4")
     shutil.copy(videos[2], tmp_path / "b" / "clip.mp4")
     docs = []
-    for how in (["--workdir", work], ["--model", exported]):
+    for how in (["--workdir", work], ["--model", exported, "--attention", tmp_path / "figs"]):
         proc = _fcvc("caption", tmp_path / "b", tmp_path / "a" / "clip.mp4", *how, *CPU, "--json")
         assert proc.returncode == 0, proc.stderr
         docs.append(json.loads(proc.stdout))
+    assert [d.pop("figure") for d in docs[1]] == [str(tmp_path / "figs" / f"{d}%2Fclip.png") for d in "ba"]
+    assert all((tmp_path / "figs" / f"{d}%2Fclip.png").is_file() for d in "ab")
     assert docs[0] == docs[1]
     assert [(d["video"], d["path"]) for d in docs[0]] == [("b/clip", str(tmp_path / "b" / "clip.mp4")),
                                                           ("a/clip", str(tmp_path / "a" / "clip.mp4"))]

@@ -206,3 +206,11 @@ def test_embedded_weights_file_travels_with_the_captioner(tmp_path_factory, tmp_
     assert str(weights) in str(e.value)
     again = plain.caption(videos[:2], workers=1, weights_paths={"inception": gone})
     assert {c.video: c.text for c in again} == expected
+    # the command line: a missing file names the option, which then points at the moved file
+    cli = lambda *args: CliRunner().invoke(main, ["caption", *map(str, videos[:2]), "--model", str(by_hash),  # noqa: E731
+                                                  "--device", "cpu", "--workers", "1", "--json", *args])
+    missing = cli()
+    assert missing.exit_code == 2 and "--backbone-weights inception=PATH" in missing.stderr
+    pointed = cli("--backbone-weights", f"inception={gone}")
+    assert pointed.exit_code == 0, pointed.output
+    assert {d["video"]: d["caption"] for d in json.loads(pointed.stdout)} == expected
