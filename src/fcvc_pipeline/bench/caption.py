@@ -105,7 +105,7 @@ print(json.dumps(out))
 @dataclass(frozen=True)
 class CaptionBenchConfig:
     videos: int = 16  # the throughput measurement; the latency one captions 1
-    rounds: int = 3
+    rounds: int = 5
     video_frames: int = 90
     video_size: tuple[int, int] = (320, 240)  # W, H
     frames: int = 15
@@ -247,7 +247,7 @@ def run_caption_bench(cfg: CaptionBenchConfig) -> dict[str, Any]:
 
 @click.command("caption")
 @click.option("--videos", type=int, default=16, show_default=True, help="Videos of the throughput measurement.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds (median).")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds (median).")
 @click.option("--video-frames", type=int, default=90, show_default=True, help="Frames per synthetic video.")
 @click.option("--frame-size", type=int, default=171, show_default=True, help="The store's frame size (the demo's).")
 @click.option("--device", default="cpu", show_default=True)
