@@ -344,11 +344,11 @@ class Captioner:
 
     def backbones(self, weights_paths: Mapping[str, str | Path] | None = None) -> Backbones:
         """The feature networks of the recipe on this captioner's device, rebuilt and checked once."""
-        assert self.extraction is not None
+        recipe = self._check_can_extract()
         key = tuple(sorted((k, str(v)) for k, v in (weights_paths or {}).items()))
         cached = self._networks.get(key)
         if cached is None:
-            cached = self._networks[key] = build_backbones(self.extraction, self.device, weights_paths=weights_paths,
+            cached = self._networks[key] = build_backbones(recipe, self.device, weights_paths=weights_paths,
                                                            where=str(self.path))
         return cached
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.devices import check_device_spec, resolve_device
-from fcvc_pipeline.errors import FcvcError, FilesystemError, filesystem_error, require
+from fcvc_pipeline.errors import FilesystemError, filesystem_error, require
 from fcvc_pipeline.features.extraction import VideoResult, extract_like
 from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
 from fcvc_pipeline.features.video import VideoSource
@@ -168,7 +168,7 @@ def _cached_features(captioner: Captioner, ref: FeatureStore, cache: Path, *, de
         try:
             extracted = extract_like(ref.path, keyed, cache, device=device, workers=workers,
                                      weights_paths=dict(weights))
-        except (FcvcError, OSError) as e:
+        except Exception as e:  # a refused write may come wrapped by zarr: filesystem_error follows the causes
             refused = e if isinstance(e, FilesystemError) else filesystem_error(e)
             if refused is None:
                 raise
