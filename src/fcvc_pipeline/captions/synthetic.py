@@ -30,7 +30,9 @@ red ball is moving left", ...); a val/test caption uses only words that occur in
 
 Everything is drawn from two ``random.Random`` streams derived from the seed (the plan and the
 captions; a string seed is hashed with SHA-512, independent of PYTHONHASHSEED): the same seed gives
-byte-identical ``annotations.json`` and identical decoded frames. ``generate_sample`` is importable so
+byte-identical ``annotations.json`` and identical rendered frames; the encoded files are usually
+byte-identical too, but x264 has been seen (twice, inside a long test process) to write other bytes for
+the same frames, decoding to pixels within a few levels. ``generate_sample`` is importable so
 ``fcvc demo`` can rebuild the set when the repository's ``data/`` is not at hand (an installed wheel).
 """
 
