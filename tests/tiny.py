@@ -9,10 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fcvc_pipeline.artifacts import Manifest, write_manifest
+from fcvc_pipeline.captions.synthetic import generate_sample
 from fcvc_pipeline.captions.vocabulary import SPECIALS, CaptionRow, Vocabulary, save_vocab_dir
 from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
+from fcvc_pipeline.stages.train import TrainConfig, run_train
+from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
 
 COLOURS = ("red", "green", "blue")
 ACTIONS = ("rises", "falls")
@@ -51,3 +56,23 @@ def make_tiny_workdir(root: Path, *, frames: int = 4, grid: int = 2, frame_dim: 
     save_vocab_dir(root / "vocab", vocab, rows)
     write_manifest(root / "vocab", Manifest("vocab", 1, {"tiny": True}, {"annotations": "tiny"}))
     return root
+
+
+def generated_workdir(root: Path, *, epochs: int, **extract) -> tuple[Path, list[Path]]:
+    """A work directory with real features of six generated videos and a tiny trained run (a few seconds).
+
+    ``extract`` overrides options of ``ExtractConfig`` (e.g. ``inception_weights``); returns the work
+    directory and the videos.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generate_sample(root / "sample", n=6, size=48, frames=15, show_progress=False)
+        work = root / "work"
+        run_extract(ExtractConfig(inputs=(root / "sample" / "videos",), workdir=work, frames=4, frame_size=75,
+                                  **{"c3d_weights": "none", "device": "cpu", "workers": 1, **extract}))
+        run_vocab(VocabConfig(annotations=root / "sample" / "annotations.json", workdir=work, min_count=1))
+        run_train(TrainConfig(workdir=work, epochs=epochs, d_model=16, layers=2, select_beams=(), device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return work, sorted((root / "sample" / "videos").glob("*.mp4"))

@@ -14,38 +14,23 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from fcvc_pipeline.captions.synthetic import generate_sample
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.features.video import VideoSource
 from fcvc_pipeline.inference.package import read_package, write_package
 from fcvc_pipeline.stages.caption import cache_key
 from fcvc_pipeline.stages.export import ExportConfig, run_export
-from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
-from fcvc_pipeline.stages.train import TrainConfig, run_train
-from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
 from tests.fs_faults import can_unshare_mounts, inject_errno, read_only, run_on_read_only_root
+from tests.tiny import generated_workdir
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A work directory with real features of six generated videos and a one-epoch model (a few seconds)."""
     root = tmp_path_factory.mktemp("caption")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        generate_sample(root / "sample", n=6, size=48, frames=15, show_progress=False)
-        work = root / "work"
-        run_extract(ExtractConfig(inputs=(root / "sample" / "videos",), workdir=work, frames=4, frame_size=75,
-                                  inception_weights="random", c3d_weights="none", device="cpu", workers=1))
-        run_vocab(VocabConfig(annotations=root / "sample" / "annotations.json", workdir=work, min_count=1))
-        run_train(TrainConfig(workdir=work, epochs=1, d_model=16, layers=2, select_beams=(), device="cpu"))
-    finally:
-        torch.set_num_threads(threads)
-    return work, sorted((root / "sample" / "videos").glob("*.mp4"))
+    return generated_workdir(root, epochs=1, inception_weights="random")
 
 
 def _env() -> dict[str, str]:

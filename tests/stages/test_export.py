@@ -20,7 +20,6 @@ import torch
 from click.testing import CliRunner
 from torchvision.models import inception_v3
 
-from fcvc_pipeline.captions.synthetic import generate_sample
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.errors import MissingArtifactError
 from fcvc_pipeline.features.store import FeatureStore
@@ -28,27 +27,14 @@ from fcvc_pipeline.inference.captioner import Captioner
 from fcvc_pipeline.inference.package import read_package
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.export import ExportConfig, run_export
-from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
 from fcvc_pipeline.stages.score import ScoreConfig, run_score
-from fcvc_pipeline.stages.train import TrainConfig, run_train
-from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
+from tests.tiny import generated_workdir
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _workdir(root: Path, **extract) -> tuple[Path, list[Path]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        generate_sample(root / "sample", n=6, size=48, frames=15, show_progress=False)
-        work = root / "work"
-        run_extract(ExtractConfig(inputs=(root / "sample" / "videos",), workdir=work, frames=4, frame_size=75,
-                                  c3d_weights="none", device="cpu", workers=1, **extract))
-        run_vocab(VocabConfig(annotations=root / "sample" / "annotations.json", workdir=work, min_count=1))
-        run_train(TrainConfig(workdir=work, epochs=2, d_model=16, layers=2, select_beams=(), device="cpu"))
-    finally:
-        torch.set_num_threads(threads)
-    return work, sorted((root / "sample" / "videos").glob("*.mp4"))
+    return generated_workdir(root, epochs=2, **extract)
 
 
 @pytest.fixture(scope="module")

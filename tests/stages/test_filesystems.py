@@ -16,18 +16,10 @@ import sys
 import pytest
 
 from fcvc_pipeline.features.store import FeatureStore
+from tests.fs_faults import can_unshare_mounts
 from tests.stages.test_extract import TINY_CLI, make_corpus
 
-
-def _can_mount() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _can_mount(), reason="mounts need root and unshare")
+pytestmark = pytest.mark.skipif(not can_unshare_mounts(), reason="mounts need root and unshare")
 
 EXTRACT = [sys.executable, "-m", "fcvc_pipeline", "extract", *TINY_CLI]
 
