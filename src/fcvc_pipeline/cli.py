@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "caption": "fcvc_pipeline.commands.caption:caption",
     "score": "fcvc_pipeline.commands.score:score",
     "export": "fcvc_pipeline.commands.export:export",
+    "serve": "fcvc_pipeline.commands.serve:serve",
     "demo": "fcvc_pipeline.commands.demo:demo",
     "info": "fcvc_pipeline.commands.info:info",
     "bench": "fcvc_pipeline.commands.bench:bench",
@@ -37,6 +38,7 @@ def main():
     fcvc caption video.mp4      caption any video end to end
     fcvc score                  BLEU / METEOR / ROUGE-L / CIDEr on the test split
     fcvc export -o FILE.fcvc    a trained model as one file (Captioner.load)
+    fcvc serve --model FILE     a captioning web service and page (needs the [serve] extra)
     fcvc demo                   the whole chain on the bundled sample set
     fcvc info                   what a feature store holds; --verify finds damage
     """

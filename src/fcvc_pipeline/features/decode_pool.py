@@ -173,6 +173,9 @@ class DecodeOutcome:
 
 
 _DONE = object()
+# An item source may yield IDLE to say "nothing to decode right now": the pool keeps collecting the videos
+# being decoded and asks again (a long-lived pool fed from a queue, as ``fcvc serve`` runs it).
+IDLE = object()
 
 
 class DecodePool:
@@ -184,6 +187,8 @@ class DecodePool:
     ``stop()`` is true; items handed out but not yielded are then abandoned (their workers killed).
     A worker that crashes or exceeds the timeout is killed and replaced; when that happened inside
     decord (``plan.decoder == "auto"``), the video is retried once with PyAV.
+    An item iterator may yield :data:`IDLE` when it has nothing for now (it should wait a little before
+    doing so); the pool then goes on collecting and asks again, so a pool can serve a queue for its life.
     ``decode_fn`` names the decoding function as ``"module:function"`` with the signature of
     :func:`decode_video` (tests substitute hanging or crashing ones).
     """
@@ -256,6 +261,9 @@ class DecodePool:
                             exhausted = True
                             room.release()
                             continue
+                        if item is IDLE:
+                            room.release()
+                            break
                         task = _Task(next_id, item, Path(path_of(item)), self.plan)
                         next_id += 1
                     slot.task, slot.stage = task, ""

@@ -1,0 +1,354 @@
+"""The captioning engine behind ``fcvc serve``: decode in worker processes, batch, caption, keep figures.
+
+One :class:`CaptionService` per server process. It owns the :class:`~fcvc_pipeline.inference.Captioner`
+(loaded from a ``.fcvc`` file) and three threads:
+
+- ``feed``: a long-lived :class:`~fcvc_pipeline.features.decode_pool.DecodePool` (``workers`` decoder
+  processes, each video under ``decode_timeout``) fed from a queue. A file that hangs or crashes its
+  decoder costs only its own request: the worker is killed and replaced.
+- ``batcher``: takes decoded videos as they come; the first one waits at most ``batch_wait_ms`` for
+  others, up to ``max_batch`` videos, then the whole batch goes through one backbone forward
+  (:func:`~fcvc_pipeline.features.loop.compute_features`) and one beam search per set of decoding
+  options (:meth:`Captioner.caption_features`). Attention figures are drawn by a fourth thread, so the
+  next batch does not wait for them, and kept in a :class:`FigureStore` (bounded in count and age).
+- ``warmup``: builds the feature networks (checked against their recorded hashes) once; the service is
+  *ready* after that (``/readyz``).
+
+:meth:`CaptionService.submit` returns a ``concurrent.futures.Future`` of a :class:`VideoOutcome`; the web
+layer (``serve/app.py``) awaits it. Memory is bounded by construction: the requests in flight are capped by
+the web layer (``max_queue``), decoded videos waiting for the batcher by the pool's prefetch, and figures
+by the store. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from fcvc_pipeline import progress
+from fcvc_pipeline.features.decode_pool import IDLE, DecodeOutcome, DecodePool
+from fcvc_pipeline.features.loop import compute_features
+from fcvc_pipeline.features.settings import decode_plan
+from fcvc_pipeline.features.video import DecodedVideo
+from fcvc_pipeline.inference.captioner import Caption, Captioner
+from fcvc_pipeline.inference.options import DecodingOptions
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the engine batches and what it keeps (``fcvc serve`` options)."""
+
+    max_batch: int = 8  # videos sharing one backbone forward and one beam search
+    batch_wait_ms: float = 20.0  # how long the first video of a batch waits for others
+    workers: int = 2  # decoder processes
+    decode_timeout: float = 60.0  # seconds one video may take to decode
+    max_figures: int = 256  # attention figures kept (the oldest go first) ...
+    figure_ttl: float = 3600.0  # ... and for at most this many seconds
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.max_batch < 1:
+            out.append(f"--max-batch must be at least 1 (got {self.max_batch})")
+        if self.batch_wait_ms < 0:
+            out.append(f"--batch-wait-ms must be >= 0 (got {self.batch_wait_ms:g})")
+        if self.workers < 1:
+            out.append(f"--workers must be at least 1 (got {self.workers})")
+        if self.decode_timeout <= 0:
+            out.append(f"--decode-timeout must be > 0 (got {self.decode_timeout:g})")
+        if self.max_figures < 0 or self.figure_ttl <= 0:
+            out.append("--max-figures must be >= 0 and --figure-ttl > 0")
+        return out
+
+
+@dataclass
+class VideoOutcome:
+    """One uploaded video's result: its caption and attention, or why there is none."""
+
+    caption: Caption | None
+    error: str | None = None  # one line, when caption is None (the decoder's reason, ...)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: queue, decode, features, decoding, figure
+    batch_size: int = 0  # videos that shared this one's forward and beam search
+    figure_id: str | None = None
+
+
+@dataclass
+class VideoJob:
+    path: Path  # the upload, in the request's private folder
+    name: str  # what the client called it (display only, never a path)
+    options: DecodingOptions
+    figure: bool = True
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # the client went away: skip the work still to do
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def finish(self, outcome: VideoOutcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class FigureStore:
+    """PNG bytes by random id, at most ``capacity`` of them, each for at most ``ttl`` seconds."""
+
+    def __init__(self, capacity: int, ttl: float):
+        self.capacity = capacity
+        self.ttl = ttl
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, png: bytes) -> str | None:
+        if self.capacity == 0:
+            return None
+        fid = secrets.token_urlsafe(12)
+        with self._lock:
+            self._expire()
+            self._items[fid] = (time.monotonic() + self.ttl, png)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return fid
+
+    def get(self, fid: str) -> bytes | None:
+        with self._lock:
+            self._expire()
+            item = self._items.get(fid)
+        return None if item is None else item[1]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._items)
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(len(png) for _, png in self._items.values())
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._items:
+            fid, (deadline, _) = next(iter(self._items.items()))
+            if deadline > now:
+                break
+            del self._items[fid]
+
+
+class CaptionService:
+    """See the module docstring. ``start()`` launches the threads; ``close()`` stops them and the decoders."""
+
+    def __init__(self, captioner: Captioner, settings: ServiceSettings):
+        self.captioner = captioner
+        self.settings = settings
+        recipe = captioner.extraction
+        assert recipe is not None, "a served captioner comes from a .fcvc file"
+        self.plan = decode_plan(recipe.settings)
+        self.dtype = recipe.settings.get("dtype", "float16")
+        self.figures = FigureStore(settings.max_figures, settings.figure_ttl)
+        self.error: str | None = None  # why the service could not start (the networks failed to build)
+        self.ready = threading.Event()
+        self.served = 0  # videos finished (captioned or failed)
+        self.batches = 0
+        self._feed: queue.Queue[VideoJob | None] = queue.Queue()
+        self._decoded: queue.Queue[tuple[VideoJob, DecodeOutcome] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._backbones = None
+        self._drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcvc-serve-figures")
+        self._count_lock = threading.Lock()
+
+    # -- life -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (("warmup", self._warmup), ("feed", self._feed_loop), ("batcher", self._batch_loop)):
+            t = threading.Thread(target=target, name=f"fcvc-serve-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._feed.put(None)
+        self._decoded.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
+        self._drawer.shutdown(wait=True)
+        self._fail_waiting("the server is shutting down")
+
+    def _warmup(self) -> None:
+        try:
+            t0 = time.monotonic()
+            self._backbones = self.captioner.backbones()
+            progress.log(f"serve: feature networks built in {time.monotonic() - t0:.1f} s; ready")
+            self.ready.set()
+        except Exception as e:  # reported by /readyz and every request; the server stays up to say so
+            self.error = f"the feature networks could not be built: {e}"
+            progress.log(f"serve: {self.error}")
+
+    # -- requests -------------------------------------------------------------------------------------
+    def submit(self, path: Path, name: str, options: DecodingOptions, *, figure: bool = True) -> VideoJob:
+        job = VideoJob(path=path, name=name, options=options, figure=figure)
+        if self._stop.is_set():
+            job.finish(VideoOutcome(None, "the server is shutting down"))
+        else:
+            self._feed.put(job)
+        return job
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded (``GET /v1/model``)."""
+        c = self.captioner
+        cfg = c.model.config
+        recipe = c.extraction
+        prov = c.provenance or {}
+        networks = {role: b.summary() for role, b in (recipe.backbones.items() if recipe else ())}
+        return {
+            "model": str(c.path.name), "variant": cfg.model, "vocabulary_size": cfg.vocab_size,
+            "num_frames": cfg.num_frames, "max_len": cfg.max_len, "decoding": c.options.search_key(),
+            "extraction": {k: v for k, v in (recipe.settings.items() if recipe else ())
+                           if isinstance(v, (str, int, float, bool, type(None)))},
+            "backbones": networks, "test_scores": prov.get("test_scores"), "run": prov.get("run"),
+            "fcvc_version": prov.get("fcvc_version"), "device": str(c.device), "ready": self.ready.is_set(),
+            "limits": {"max_batch": self.settings.max_batch, "batch_wait_ms": self.settings.batch_wait_ms,
+                       "workers": self.settings.workers},
+        }
+
+    # -- the decoder processes ------------------------------------------------------------------------
+    def _jobs(self) -> Iterator[VideoJob | object]:
+        while not self._stop.is_set():
+            try:
+                job = self._feed.get(timeout=0.02)
+            except queue.Empty:
+                yield IDLE
+                continue
+            if job is None:
+                return
+            if job.cancelled:
+                continue
+            job.timings["wait_for_decoder"] = time.monotonic() - job.submitted
+            yield job
+
+    def _feed_loop(self) -> None:
+        pool = DecodePool(self.plan, workers=self.settings.workers, timeout=self.settings.decode_timeout,
+                          prefetch=max(2 * self.settings.workers, self.settings.max_batch))
+        try:
+            for outcome in pool.imap(self._jobs(), path_of=lambda job: job.path, stop=self._stop.is_set):
+                self._decoded.put((outcome.item, outcome))
+        except Exception as e:  # the decoder processes could not start: every request says so
+            self.error = f"the decoder processes failed: {e}"
+            progress.log(f"serve: {self.error}")
+            self._fail_waiting(self.error)
+
+    def _fail_waiting(self, reason: str) -> None:
+        for q in (self._feed, self._decoded):
+            while True:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                job = item[0] if isinstance(item, tuple) else item
+                if job is not None:
+                    job.finish(VideoOutcome(None, reason))
+
+    # -- batching -------------------------------------------------------------------------------------
+    def _next_batch(self) -> list[tuple[VideoJob, DecodeOutcome]] | None:
+        first = self._decoded.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000.0
+        while len(batch) < self.settings.max_batch:
+            left = deadline - time.monotonic()
+            try:
+                item = self._decoded.get(timeout=left) if left > 0 else self._decoded.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._decoded.put(None)  # seen again by the next call, which ends the loop
+                break
+            batch.append(item)
+        return batch
+
+    def _batch_loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # a bug or an out-of-memory: these videos fail, the service goes on
+                progress.log(f"serve: a batch of {len(batch)} failed: {type(e).__name__}: {e}")
+                for job, _ in batch:
+                    job.finish(VideoOutcome(None, f"captioning failed: {type(e).__name__}: {e}"))
+
+    def _run_batch(self, batch: list[tuple[VideoJob, DecodeOutcome]]) -> None:
+        while not self.ready.wait(timeout=0.25):  # the first videos may arrive while the networks are built
+            if self.error is not None:
+                raise RuntimeError(self.error)
+        videos: list[tuple[VideoJob, DecodedVideo]] = []
+        for job, outcome in batch:
+            job.timings["decode"] = outcome.seconds
+            if job.cancelled:
+                job.finish(VideoOutcome(None, "cancelled: the client went away"))
+            elif outcome.video is None:
+                self._done(job, VideoOutcome(None, outcome.error or "it could not be decoded", job.timings))
+            else:
+                videos.append((job, outcome.video))
+        if not videos:
+            return
+        self.batches += 1
+        n = len(videos)
+        frames = sum(len(v.frames) for _, v in videos)
+        t0 = time.monotonic()
+        computed = compute_features(self._backbones, [v for _, v in videos], batch_size=frames,
+                                    clip_batch=frames, dtype=self.dtype)
+        features_s = time.monotonic() - t0
+        good: list[tuple[VideoJob, DecodedVideo, dict[str, np.ndarray]]] = []
+        for (job, video), (arrays, problem) in zip(videos, computed):
+            job.timings["features"] = features_s
+            if problem:
+                self._done(job, VideoOutcome(None, f"features: {problem}", job.timings, n))
+            else:
+                good.append((job, video, arrays))
+        by_options: dict[DecodingOptions, list[tuple[VideoJob, DecodedVideo, dict[str, np.ndarray]]]] = {}
+        for item in good:
+            by_options.setdefault(item[0].options, []).append(item)
+        for options, items in by_options.items():
+            t1 = time.monotonic()
+            keys = {f"{k}": arrays for k, (_, _, arrays) in enumerate(items)}
+            captions = self.captioner.caption_features(keys, beam_size=options.beam_size, max_len=options.max_len,
+                                                       length_penalty=options.length_penalty)
+            decoding_s = time.monotonic() - t1
+            for (job, video, _), caption in zip(items, captions):
+                caption.video = job.name
+                job.timings["decoding"] = decoding_s
+                outcome = VideoOutcome(caption, caption.error, job.timings, n)
+                if job.figure and caption.ok and not job.cancelled:
+                    self._drawer.submit(self._finish_with_figure, job, outcome, video)
+                else:
+                    self._done(job, outcome)
+
+    def _finish_with_figure(self, job: VideoJob, outcome: VideoOutcome, video: DecodedVideo) -> None:
+        """Draw the figure (in the figure thread, so the next batch need not wait), then finish the job."""
+        t0 = time.monotonic()
+        try:
+            assert outcome.caption is not None
+            image = self.captioner.attention_figure(outcome.caption, frames=video.frames)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            outcome.figure_id = self.figures.put(buf.getvalue())
+        except Exception as e:  # the caption stands without its figure
+            progress.log(f"serve: no attention figure for {job.name!r}: {type(e).__name__}: {e}")
+        job.timings["figure"] = time.monotonic() - t0
+        self._done(job, outcome)
+
+    def _done(self, job: VideoJob, outcome: VideoOutcome) -> None:
+        job.timings["total"] = time.monotonic() - job.submitted
+        with self._count_lock:
+            self.served += 1
+        job.finish(outcome)
+
