@@ -1,7 +1,8 @@
 """``fcvc serve --model FILE.fcvc``: caption uploaded videos over HTTP, with a page at ``/``.
 
 Config -> checks (the model file loads and can compute features; the address can be bound) -> serve until
-SIGINT/SIGTERM (uvicorn's graceful shutdown: requests in flight finish, then the decoder processes stop).
+SIGINT/SIGTERM (uvicorn's graceful shutdown: requests in flight finish, then the decoder processes stop;
+the exit code is 0: for a service, stopping when asked is success).
 The socket is bound here and handed to uvicorn, so a port in use is a clear error before anything starts,
 and ``--port 0`` picks a free port (the URL is printed). One process holds the model: ``--workers`` counts
 the decoder processes, not server processes (several would each hold the model and split the batches).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -70,7 +72,7 @@ class ServeConfig:
         from fcvc_pipeline.serve.engine import ServiceSettings  # noqa: PLC0415 -- the serve room needs the optional [serve] extra
 
         return ServiceSettings(max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms,
-                               workers=self.workers or max(1, (os.cpu_count() or 2) // 2),
+                               workers=self.workers if self.workers is not None else max(1, (os.cpu_count() or 2) // 2),
                                decode_timeout=self.decode_timeout, max_figures=self.max_figures,
                                figure_ttl=self.figure_ttl)
 
@@ -144,9 +146,18 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     sys.stderr.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=10,
                                            access_log=cfg.log_level in ("info", "debug")))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the handlers it
+    # found: these record it instead of killing the process, so the decoders are stopped and the exit is 0
+    stops: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stops.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
         service.close()
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    how = f" on {signal.Signals(stops[0]).name}" if stops else ""
+    progress.log(f"fcvc serve: stopped{how}; {service.served} video(s) answered in {service.batches} batch(es)")
     return {"served_videos": service.served, "batches": service.batches, "url": f"http://{shown}:{port}/"}
