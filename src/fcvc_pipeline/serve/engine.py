@@ -144,9 +144,11 @@ class FigureStore:
 class CaptionService:
     """See the module docstring. ``start()`` launches the threads; ``close()`` stops them and the decoders."""
 
-    def __init__(self, captioner: Captioner, settings: ServiceSettings):
+    def __init__(self, captioner: Captioner, settings: ServiceSettings, *,
+                 decode_fn: str = "fcvc_pipeline.features.video:decode_video"):
         self.captioner = captioner
         self.settings = settings
+        self.decode_fn = decode_fn  # "module:function" run in the decoder processes (tests substitute one)
         recipe = captioner.extraction
         assert recipe is not None, "a served captioner comes from a .fcvc file"
         self.plan = decode_plan(recipe.settings)
@@ -234,7 +236,7 @@ class CaptionService:
 
     def _feed_loop(self) -> None:
         pool = DecodePool(self.plan, workers=self.settings.workers, timeout=self.settings.decode_timeout,
-                          prefetch=max(2 * self.settings.workers, self.settings.max_batch))
+                          prefetch=max(2 * self.settings.workers, self.settings.max_batch), decode_fn=self.decode_fn)
         try:
             for outcome in pool.imap(self._jobs(), path_of=lambda job: job.path, stop=self._stop.is_set):
                 self._decoded.put((outcome.item, outcome))

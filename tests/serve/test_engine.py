@@ -1,0 +1,84 @@
+"""The engine behind ``fcvc serve`` in process: hostile files cost only themselves, batches stay bounded,
+figures are bounded in count and age."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fcvc_pipeline import Captioner
+from fcvc_pipeline.inference.options import DecodingOptions
+from fcvc_pipeline.serve.engine import CaptionService, FigureStore, ServiceSettings
+
+pytestmark = pytest.mark.timeout(180)
+MISBEHAVING = "tests.features.test_video:misbehaving_decode"  # hangs on *hang*, dies on *crash*
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_captioner):
+    return Captioner.load(tiny_captioner[0], device="cpu")
+
+
+def start(captioner, **settings) -> CaptionService:
+    service = CaptionService(captioner, ServiceSettings(**settings), decode_fn=MISBEHAVING)
+    service.start()
+    assert service.ready.wait(60), service.error
+    return service
+
+
+def copy_as(video: Path, folder: Path, name: str) -> Path:
+    target = folder / name
+    target.write_bytes(video.read_bytes())
+    return target
+
+
+def test_a_hanging_or_crashing_decoder_costs_only_its_own_video(captioner, tiny_captioner, tmp_path):
+    _, videos = tiny_captioner
+    service = start(captioner, workers=2, decode_timeout=4.0, max_batch=4, batch_wait_ms=10)
+    try:
+        options = captioner.options
+        hang = service.submit(copy_as(videos[0], tmp_path, "hang.mp4"), "hang.mp4", options)
+        crash = service.submit(copy_as(videos[0], tmp_path, "crash.mp4"), "crash.mp4", options)
+        t0 = time.monotonic()
+        good = [service.submit(v, v.name, options, figure=False) for v in videos[:3]]
+        for job in good:
+            outcome = job.future.result(timeout=60)
+            assert outcome.error is None and outcome.caption.text
+        assert not hang.future.done(), "the hanging video should still be decoding"
+        assert time.monotonic() - t0 < 4.0, "the good videos waited for the hanging one"
+        assert "the decoder process crashed (SIGKILL)" in crash.future.result(timeout=60).error
+        assert "decoding timed out after 4 s" in hang.future.result(timeout=60).error
+        after = service.submit(videos[3], videos[3].name, options, figure=False).future.result(timeout=60)
+        assert after.error is None  # the killed decoders were replaced
+    finally:
+        service.close()
+
+
+def test_batches_never_exceed_max_batch_and_options_are_kept_apart(captioner, tiny_captioner):
+    _, videos = tiny_captioner
+    service = start(captioner, workers=2, max_batch=2, batch_wait_ms=2000)
+    try:
+        beam1 = DecodingOptions(beam_size=1)
+        jobs = [service.submit(v, v.name, beam1 if i % 2 else captioner.options, figure=False)
+                for i, v in enumerate(videos)]
+        outcomes = [j.future.result(timeout=60) for j in jobs]
+        assert all(o.error is None for o in outcomes)
+        assert max(o.batch_size for o in outcomes) == 2 and service.batches >= 3
+        for video, job, outcome in zip(videos, jobs, outcomes):
+            want = captioner.caption([video], beam_size=job.options.beam_size)[0]
+            assert outcome.caption.text == want.text and outcome.caption.video == video.name
+    finally:
+        service.close()
+    late = service.submit(videos[0], videos[0].name, captioner.options)
+    assert late.future.result(timeout=5).error == "the server is shutting down"
+
+
+def test_figure_store_keeps_the_latest_and_forgets_old_ones():
+    store = FigureStore(capacity=2, ttl=0.5)
+    a, b, c = (store.put(bytes([i]) * 10) for i in range(3))
+    assert len({a, b, c}) == 3 and store.get(a) is None and store.get(b) == b"\x01" * 10 and len(store) == 2
+    time.sleep(0.6)
+    assert store.get(c) is None and len(store) == 0
+    assert FigureStore(capacity=0, ttl=10).put(b"x") is None
