@@ -274,7 +274,7 @@ def test_a_client_that_goes_away_mid_upload_costs_nothing(server, tiny_captioner
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_captioner, uploads_dir):
     model, videos = tiny_captioner
-    with Server(model, "--max-queue", "1", env={"TMPDIR": str(uploads_dir)}) as s:
+    with Server(model, "--max-queue", "1", "--upload-timeout", "3", env={"TMPDIR": str(uploads_dir)}) as s:
         body, ctype = multipart([(videos[0].name, videos[0].read_bytes())])
         head = (f"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n")
@@ -293,6 +293,18 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_captioner, uploads_dir):
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         status, _ = s.post_videos([(videos[0].name, videos[0].read_bytes())])
         assert status == 200
+        # a client that stalls holds its place for --upload-timeout seconds only
+        stalled, _ = raw_request(s, head, body[:100], read=False)
+        time.sleep(0.5)
+        assert s.request("POST", "/v1/captions", body, {"Content-Type": ctype})[0] == 503
+        t0 = time.monotonic()
+        answer = stalled.recv(65536)
+        stalled.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"no data for 3 s" in answer, answer[:200]
+        assert 1.5 < time.monotonic() - t0 < 10
+        status, _ = s.post_videos([(videos[0].name, videos[0].read_bytes())])
+        assert status == 200
+    assert wait_empty(uploads_dir) == []
 
 
 def test_a_token_guards_the_api_and_figures_expire(tiny_captioner, uploads_dir):

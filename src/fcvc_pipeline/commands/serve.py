@@ -31,6 +31,9 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="Requests in flight before new ones get 503 with Retry-After.")
 @click.option("--decode-timeout", type=float, default=60.0, show_default=True,
               help="Seconds one video may take to decode before its decoder process is killed.")
+@click.option("--upload-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds an upload may send nothing before it is dropped (408): stalled clients do not hold "
+                   "queue places.")
 @click.option("--max-figures", type=int, default=256, show_default=True,
               help="Attention figures kept in memory (the oldest go first).")
 @click.option("--figure-ttl", type=float, default=3600.0, show_default=True, help="Seconds a figure is kept.")
@@ -42,8 +45,8 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               show_default=True, help="uvicorn's log level (info: one line per request).")
 def serve(workdir: Path, json_out: bool, verbose: bool, model: Path, host: str, port: int, device: str,
           max_upload_mb: float, max_files: int, max_batch: int, batch_wait_ms: float, workers: int | None,
-          max_queue: int, decode_timeout: float, max_figures: int, figure_ttl: float, token: str | None,
-          threads: int | None, log_level: str):
+          max_queue: int, decode_timeout: float, upload_timeout: float, max_figures: int, figure_ttl: float,
+          token: str | None, threads: int | None, log_level: str):
     """Caption uploaded videos over HTTP, with a page to use it from a browser.
 
     Needs the optional extra: pip install 'fcvc-pipeline[serve]'. The API is described at /docs;
@@ -60,6 +63,6 @@ def serve(workdir: Path, json_out: bool, verbose: bool, model: Path, host: str, 
 
     cfg = ServeConfig(model=model, host=host, port=port, device=device, max_upload_mb=max_upload_mb,
                       max_files=max_files, max_batch=max_batch, batch_wait_ms=batch_wait_ms, workers=workers,
-                      max_queue=max_queue, decode_timeout=decode_timeout, max_figures=max_figures,
-                      figure_ttl=figure_ttl, token=token, threads=threads, log_level=log_level)
+                      max_queue=max_queue, decode_timeout=decode_timeout, upload_timeout=upload_timeout,
+                      max_figures=max_figures, figure_ttl=figure_ttl, token=token, threads=threads, log_level=log_level)
     run_and_exit(lambda: run_serve(cfg), json_out=json_out, verbose=verbose)

@@ -8,7 +8,7 @@ and ``/openapi.json``):
   options as optional form fields (``beam_size``, ``max_len``, ``length_penalty``; ``figure=false``
   skips the attention figure). 200 when every video was captioned; 422 when any was not (the body
   still lists every video, each with its caption or its ``error``). 413 for a body over the size limit
-  or too many files, 415 for a body that is not a form, 503 with ``Retry-After`` while the model
+  or too many files, 408 for an upload that stalls, 415 for a body that is not a form, 503 with ``Retry-After`` while the model
   loads or when ``max_queue`` requests are already in flight.
 - ``GET /v1/figures/{id}.png``: an attention figure, kept for a bounded time and count (404 after).
 - ``GET /v1/model``: what is loaded. ``GET /healthz`` (the process answers) and ``GET /readyz`` (200
@@ -51,6 +51,7 @@ class HttpLimits:
     max_upload_bytes: int = 200 * 2**20  # one request's body
     max_files: int = 16  # videos in one request
     max_queue: int = 32  # requests in flight (uploading or waiting for captions) before 503
+    upload_timeout: float = 60.0  # seconds an upload may go without sending a byte (408 after)
     token: str | None = None  # when set, /v1/ routes need Authorization: Bearer <token>
     upload_root: Path | None = None  # where the per-request folders go (default: the system's temp dir)
 
@@ -178,7 +179,8 @@ def create_app(service: CaptionService, limits: HttpLimits) -> FastAPI:
         try:
             try:
                 form = await receive_uploads(dict(request.headers), request.stream(), folder,
-                                             max_bytes=limits.max_upload_bytes, max_files=limits.max_files)
+                                             max_bytes=limits.max_upload_bytes, max_files=limits.max_files,
+                                             idle_timeout=limits.upload_timeout)
             except UploadError as e:
                 return error(e.status, e.message)
             except ClientDisconnect:

@@ -12,6 +12,7 @@ Limits, each an :class:`UploadError` with its HTTP status and a message naming t
   or as soon as the streamed bytes pass it (chunked uploads), never after buffering the rest;
 - more than ``max_files`` files (413), more than ``MAX_FIELDS`` form fields or a field over
   ``MAX_FIELD_BYTES`` (413);
+- no bytes for ``idle_timeout`` seconds (408): a client that stalls does not hold its place forever;
 - not ``multipart/form-data`` (415), a malformed or cut body (400), no file at all (400).
 
 An empty file is not refused here: it is that video's error (the web layer says so, 422).
@@ -19,6 +20,7 @@ An empty file is not refused here: it is that video's error (the web layer says 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass, field
@@ -146,7 +148,7 @@ class _Receiver:
 
 
 async def receive_uploads(headers: dict[str, str], body: AsyncIterator[bytes], folder: Path, *,
-                          max_bytes: int, max_files: int) -> ReceivedForm:
+                          max_bytes: int, max_files: int, idle_timeout: float = 60.0) -> ReceivedForm:
     """Stream the form in ``body`` (the request's chunks) into ``folder``; see the module docstring.
 
     ``headers`` are the request's (lower-case names). A client that goes away raises whatever the body
@@ -168,8 +170,15 @@ async def receive_uploads(headers: dict[str, str], body: AsyncIterator[bytes], f
     receiver = _Receiver(folder, max_files)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
     received = 0
+    chunks = body.__aiter__()
     try:
-        async for chunk in body:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), timeout=idle_timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise UploadError(408, f"the upload stalled: no data for {idle_timeout:g} s") from None
             received += len(chunk)
             if received > max_bytes:
                 raise UploadError(413, f"the upload is over the limit of {limit_mb:g} MB (fcvc serve --max-upload-mb)")

@@ -44,6 +44,7 @@ class ServeConfig:
     workers: int | None = None  # decoder processes (default: half the cores, at least 1)
     max_queue: int = 32
     decode_timeout: float = 60.0
+    upload_timeout: float = 60.0
     max_figures: int = 256
     figure_ttl: float = 3600.0
     token: str | None = None
@@ -56,6 +57,8 @@ class ServeConfig:
             out.append(f"--port must be 0..65535 (got {self.port})")
         if self.max_upload_mb <= 0:
             out.append(f"--max-upload-mb must be > 0 (got {self.max_upload_mb:g})")
+        if self.upload_timeout <= 0:
+            out.append(f"--upload-timeout must be > 0 (got {self.upload_timeout:g})")
         if self.max_files < 1 or self.max_queue < 1:
             out.append("--max-files and --max-queue must be at least 1")
         if self.threads is not None and self.threads < 1:
@@ -138,7 +141,7 @@ def run_serve(cfg: ServeConfig) -> dict[str, Any]:
     service = CaptionService(captioner, cfg.service_settings())
     service.start()
     limits = HttpLimits(max_upload_bytes=int(cfg.max_upload_mb * 2**20), max_files=cfg.max_files,
-                        max_queue=cfg.max_queue, token=token)
+                        max_queue=cfg.max_queue, token=token, upload_timeout=cfg.upload_timeout)
     app = create_app(service, limits)
     shown = f"[{host}]" if ":" in str(host) else host
     progress.log(f"fcvc serve: http://{shown}:{port}/ ({cfg.model.name}, {captioner.model.config.model}, "
