@@ -1,4 +1,5 @@
-"""Sessions: ``tests`` (lint, then the CI suite), ``lint`` (ruff), ``demo`` (the main job), ``bench`` (benchmarks).
+"""Sessions: ``tests`` (lint, Debian's Chromium for the page tests, then the CI suite), ``lint`` (ruff),
+``demo`` (the main job), ``bench`` (benchmarks).
 
 Virtual environments live in ``~/.cache/fcvc/nox`` (``FCVC_NOX_ENVDIR`` overrides) and are reused:
 every session still runs ``pip install -c constraints.txt`` so a reused environment is brought to the
@@ -8,6 +9,7 @@ pinned versions, and the project itself is reinstalled from this checkout each t
 import os
 
 import nox
+import nox.command
 
 nox.options.envdir = os.environ.get("FCVC_NOX_ENVDIR", os.path.expanduser("~/.cache/fcvc/nox"))
 nox.options.reuse_existing_virtualenvs = True
@@ -30,11 +32,23 @@ def lint(session: nox.Session) -> None:
     ruff(session)
 
 
+def ensure_browser(session: nox.Session) -> None:
+    """Debian's Chromium for the page tests (``.ci/install-browser.sh``: apt-get when it is missing).
+
+    A failed installation is only a warning: those tests then skip, saying how to install it.
+    """
+    try:
+        session.run("bash", ".ci/install-browser.sh", external=True)
+    except nox.command.CommandFailed:
+        session.warn("chromium could not be installed: tests/serve/test_page.py will skip (apt-get install chromium)")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint, then the test suite (pass pytest options after --, e.g. ``nox -s tests -- -m 'not slow'``)."""
     install(session, "[test]")
     ruff(session)
+    ensure_browser(session)
     session.run("pytest", *session.posargs)
 
 
