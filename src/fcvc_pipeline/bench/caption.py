@@ -126,8 +126,13 @@ class CaptionBenchConfig:
         return out
 
 
-def _prepare(cfg: CaptionBenchConfig, root: Path) -> tuple[list[Path], Path, Path, Path]:
-    """(videos, work directory, best.pt, exported .fcvc): see the module docstring."""
+def prepare_captioner(cfg: CaptionBenchConfig, root: Path) -> tuple[list[Path], Path, Path, Path]:
+    """(videos, work directory, best.pt, exported .fcvc) under ``root``: see the module docstring.
+
+    Writes ``cfg.videos`` synthetic videos (``root/videos``), two calibration videos, a work directory
+    (random Inception-V3, ``cfg.frames`` frames at ``cfg.frame_size``, no C3D), an untrained model's
+    ``best.pt`` (d = ``cfg.d_model``) and ``root/captioner.fcvc`` (``fcvc export``). Also used by
+    ``fcvc bench serve``."""
     w, h = cfg.video_size
     write_videos(root / "videos", cfg.videos, cfg.video_frames, h, w)
     write_videos(root / "calibration", 2, cfg.video_frames, h, w, seed=7)
@@ -179,7 +184,7 @@ def run_caption_bench(cfg: CaptionBenchConfig) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         progress.log(f"bench caption: writing {cfg.videos} videos, a work directory and its exported model in {root}")
-        videos, work, best, exported = _prepare(cfg, root)
+        videos, work, best, exported = prepare_captioner(cfg, root)
         setup_seconds = time.perf_counter() - t0
         cache = Workdir(work).caption_features
         common = dict(device=str(device), workers=cfg.workers)

@@ -12,6 +12,7 @@ BENCHES: dict[str, str] = {
     "train": "fcvc_pipeline.bench.train:bench_train",
     "checksums": "fcvc_pipeline.bench.checksums:bench_checksums",
     "caption": "fcvc_pipeline.bench.caption:bench_caption",
+    "serve": "fcvc_pipeline.bench.serve:bench_serve",
 }
 
 
