@@ -85,8 +85,9 @@ def test_health_readiness_and_model_description(server, tiny_captioner):
     assert info["decoding"]["beam_size"] == 5
     status, _, body = server.get("/openapi.json")
     assert status == 200 and "/v1/captions" in json.loads(body)["paths"]
-    status, _, body = server.get("/")
+    status, headers, body = server.get("/")
     assert status == 200 and b"<title>fcvc" in body
+    assert "default-src 'none'" in headers["content-security-policy"]  # the page loads nothing from elsewhere
 
 
 def test_a_video_gets_the_caption_the_python_api_gives(server, tiny_captioner, reference, uploads_dir):

@@ -78,7 +78,32 @@ def test_batches_never_exceed_max_batch_and_options_are_kept_apart(captioner, ti
 def test_figure_store_keeps_the_latest_and_forgets_old_ones():
     store = FigureStore(capacity=2, ttl=0.5)
     a, b, c = (store.put(bytes([i]) * 10) for i in range(3))
-    assert len({a, b, c}) == 3 and store.get(a) is None and store.get(b) == b"\x01" * 10 and len(store) == 2
+    assert len({a, b, c}) == 3 and store.get(a) is None and store.get(b).result() == b"\x01" * 10
+    assert len(store) == 2 and store.nbytes() == 20
     time.sleep(0.6)
-    assert store.get(c) is None and len(store) == 0
+    assert store.get(c) is None and len(store) == 0 and store.nbytes() == 0
     assert FigureStore(capacity=0, ttl=10).put(b"x") is None
+    by_size = FigureStore(capacity=100, ttl=60, max_bytes=25)
+    first, second, third = (by_size.put(b"x" * 10) for _ in range(3))
+    assert by_size.get(first) is None and by_size.get(third).result() == b"x" * 10 and by_size.nbytes() == 20
+    fid, future = by_size.reserve()
+    assert by_size.pending() == 1 and not by_size.get(fid).done()
+    future.set_result(b"y" * 10)
+    assert by_size.pending() == 0 and by_size.get(second) is None and by_size.nbytes() == 20
+
+
+def test_figures_are_drawn_after_the_caption_and_a_backlog_is_bounded(captioner, tiny_captioner):
+    _, videos = tiny_captioner
+    service = start(captioner, workers=1)
+    try:
+        outcome = service.submit(videos[0], videos[0].name, captioner.options).future.result(timeout=60)
+        png = service.figures.get(outcome.figure_id).result(timeout=60)
+        assert png.startswith(b"\x89PNG") and "figure" not in outcome.timings
+    finally:
+        service.close()
+    service = start(captioner, workers=1, max_pending_figures=0)
+    try:
+        outcome = service.submit(videos[0], videos[0].name, captioner.options).future.result(timeout=60)
+        assert outcome.error is None and outcome.figure_id is None and service.figures_skipped == 1
+    finally:
+        service.close()

@@ -10,7 +10,8 @@ and ``/openapi.json``):
   still lists every video, each with its caption or its ``error``). 413 for a body over the size limit
   or too many files, 408 for an upload that stalls, 415 for a body that is not a form, 503 with ``Retry-After`` while the model
   loads or when ``max_queue`` requests are already in flight.
-- ``GET /v1/figures/{id}.png``: an attention figure, kept for a bounded time and count (404 after).
+- ``GET /v1/figures/{id}.png``: an attention figure, kept for a bounded time, count and size (404 after).
+  It is drawn after the caption is answered; a request for it waits until it is drawn.
 - ``GET /v1/model``: what is loaded. ``GET /healthz`` (the process answers) and ``GET /readyz`` (200
   once the feature networks are built).
 
@@ -44,6 +45,10 @@ from fcvc_pipeline.serve.uploads import UploadError, receive_uploads
 FORM_FIELDS = ("beam_size", "max_len", "length_penalty", "figure")
 RETRY_AFTER_FULL = 2  # seconds a client is asked to wait when the queue is full
 RETRY_AFTER_LOADING = 5
+# the page loads nothing from elsewhere: its own inline script and style, figures as blob: URLs
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:; "
+            "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+FIGURE_WAIT = 30.0  # seconds GET /v1/figures/<id>.png waits for a figure still being drawn
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,8 @@ def create_app(service: CaptionService, limits: HttpLimits) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
+                                                  "X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz", summary="The process answers")
     async def healthz() -> dict[str, Any]:
@@ -154,11 +160,18 @@ def create_app(service: CaptionService, limits: HttpLimits) -> FastAPI:
         denied = refused(request)
         if denied is not None:
             return denied
-        png = service.figures.get(figure_id)
-        if png is None:
+        future = service.figures.get(figure_id)
+        if future is None:
             return error(404, f"no figure {figure_id[:40]!r}: figures are kept for "
                               f"{service.settings.figure_ttl:g} s and the latest {service.settings.max_figures}")
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        try:  # drawn by the figure thread after the caption was answered: wait for it
+            png = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=FIGURE_WAIT)
+        except asyncio.TimeoutError:
+            return error(503, "the figure is still being drawn", headers={"Retry-After": "2"})
+        if png is None:
+            return error(404, f"the figure {figure_id[:40]!r} could not be drawn (the server's log says why)")
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": f"private, max-age={int(service.settings.figure_ttl)}"})
 
     @app.post("/v1/captions", summary="Caption uploaded videos", openapi_extra=_CAPTIONS_OPENAPI)
     async def captions(request: Request) -> Response:

@@ -1,18 +1,23 @@
 """The captioning engine behind ``fcvc serve``: decode in worker processes, batch, caption, keep figures.
 
 One :class:`CaptionService` per server process. It owns the :class:`~fcvc_pipeline.inference.Captioner`
-(loaded from a ``.fcvc`` file) and three threads:
+(loaded from a ``.fcvc`` file) and four threads:
 
 - ``feed``: a long-lived :class:`~fcvc_pipeline.features.decode_pool.DecodePool` (``workers`` decoder
   processes, each video under ``decode_timeout``) fed from a queue. A file that hangs or crashes its
   decoder costs only its own request: the worker is killed and replaced.
 - ``batcher``: takes decoded videos as they come; the first one waits at most ``batch_wait_ms`` for
-  others, up to ``max_batch`` videos, then the whole batch goes through one backbone forward
-  (:func:`~fcvc_pipeline.features.loop.compute_features`) and one beam search per set of decoding
-  options (:meth:`Captioner.caption_features`). Attention figures are drawn by a fourth thread, so the
-  next batch does not wait for them, and kept in a :class:`FigureStore` (bounded in count and age).
-- ``warmup``: builds the feature networks (checked against their recorded hashes) once; the service is
-  *ready* after that (``/readyz``).
+  others, up to ``max_batch`` videos, then the batch's frames go through the backbones
+  (:func:`~fcvc_pipeline.features.loop.compute_features`, in forwards of the device's extraction batch:
+  whole videos, about 16 frames on a CPU and 128 on CUDA, so memory does not grow with the batch and, on a
+  CPU, a video's features do not depend on the others in its batch) and through one beam search per set
+  of decoding options (:meth:`Captioner.caption_features`).
+- ``figures``: draws the attention figures into a :class:`FigureStore` (bounded in count, bytes and
+  age). A caption is answered as soon as it is decoded; its figure URL answers once drawn (the web
+  layer waits for it). When drawing falls behind by ``max_pending_figures``, new captions come without
+  a figure rather than a growing backlog.
+- ``warmup``: builds the feature networks (checked against their recorded hashes) once; the service
+  is *ready* after that (``/readyz``).
 
 :meth:`CaptionService.submit` returns a ``concurrent.futures.Future`` of a :class:`VideoOutcome`; the web
 layer (``serve/app.py``) awaits it. Memory is bounded by construction: the requests in flight are capped by
@@ -37,6 +42,7 @@ import numpy as np
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.features.decode_pool import IDLE, DecodeOutcome, DecodePool
+from fcvc_pipeline.features.extraction import default_workers_and_batch
 from fcvc_pipeline.features.loop import compute_features
 from fcvc_pipeline.features.settings import decode_plan
 from fcvc_pipeline.features.video import DecodedVideo
@@ -53,7 +59,10 @@ class ServiceSettings:
     workers: int = 2  # decoder processes
     decode_timeout: float = 60.0  # seconds one video may take to decode
     max_figures: int = 256  # attention figures kept (the oldest go first) ...
-    figure_ttl: float = 3600.0  # ... and for at most this many seconds
+    figure_ttl: float = 3600.0  # ... for at most this many seconds ...
+    max_figure_bytes: int = 128 * 2**20  # ... and this many bytes of PNG in all
+    max_pending_figures: int = 32  # figures waiting to be drawn; past this, new captions come without one
+    forward_frames: int | None = None  # frames per backbone forward (default: the device's, as fcvc extract)
 
     def problems(self) -> list[str]:
         out = []
@@ -76,7 +85,7 @@ class VideoOutcome:
 
     caption: Caption | None
     error: str | None = None  # one line, when caption is None (the decoder's reason, ...)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: queue, decode, features, decoding, figure
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: waiting, decode, features, decoding, total
     batch_size: int = 0  # videos that shared this one's forward and beam search
     figure_id: str | None = None
 
@@ -98,30 +107,52 @@ class VideoJob:
 
 
 class FigureStore:
-    """PNG bytes by random id, at most ``capacity`` of them, each for at most ``ttl`` seconds."""
+    """Attention figures by random id: at most ``capacity`` of them and ``max_bytes`` of PNG, each kept for at
+    most ``ttl`` seconds (the oldest go first).
 
-    def __init__(self, capacity: int, ttl: float):
+    An entry is reserved when its caption is answered and filled when the figure thread has drawn it, so a
+    caption never waits for its figure: :meth:`get` hands out a future of the PNG bytes (``None`` when the
+    drawing failed), done or not.
+    """
+
+    def __init__(self, capacity: int, ttl: float, max_bytes: int = 128 * 2**20):
         self.capacity = capacity
         self.ttl = ttl
-        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, png: bytes) -> str | None:
+    def reserve(self) -> tuple[str, Future] | None:
+        """A new id and the future to fill with its PNG bytes; None when figures are not kept."""
         if self.capacity == 0:
             return None
         fid = secrets.token_urlsafe(12)
+        future: Future = Future()
         with self._lock:
             self._expire()
-            self._items[fid] = (time.monotonic() + self.ttl, png)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return fid
+            self._items[fid] = (time.monotonic() + self.ttl, future)
+            self._trim()
+        future.add_done_callback(self._filled)
+        return fid, future
 
-    def get(self, fid: str) -> bytes | None:
+    def put(self, png: bytes) -> str | None:
+        """Keep a figure that is already drawn; returns its id."""
+        reserved = self.reserve()
+        if reserved is None:
+            return None
+        reserved[1].set_result(png)
+        return reserved[0]
+
+    def get(self, fid: str) -> Future | None:
         with self._lock:
             self._expire()
             item = self._items.get(fid)
         return None if item is None else item[1]
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(1 for _, f in self._items.values() if not f.done())
 
     def __len__(self) -> int:
         with self._lock:
@@ -130,7 +161,21 @@ class FigureStore:
 
     def nbytes(self) -> int:
         with self._lock:
-            return sum(len(png) for _, png in self._items.values())
+            return self._bytes
+
+    def _filled(self, future: Future) -> None:
+        with self._lock:
+            if any(f is future for _, f in self._items.values()):
+                self._bytes += _size(future)
+                self._trim()
+
+    def _drop(self, fid: str) -> None:
+        _, future = self._items.pop(fid)
+        self._bytes -= _size(future)
+
+    def _trim(self) -> None:
+        while self._items and (len(self._items) > self.capacity or self._bytes > self.max_bytes):
+            self._drop(next(iter(self._items)))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -138,7 +183,15 @@ class FigureStore:
             fid, (deadline, _) = next(iter(self._items.items()))
             if deadline > now:
                 break
-            del self._items[fid]
+            self._drop(fid)
+
+
+def _size(future: Future) -> int:
+    """Bytes of a filled figure (0 while it is drawn or when drawing failed)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return 0
+    png = future.result()
+    return len(png) if png else 0
 
 
 class CaptionService:
@@ -153,7 +206,10 @@ class CaptionService:
         assert recipe is not None, "a served captioner comes from a .fcvc file"
         self.plan = decode_plan(recipe.settings)
         self.dtype = recipe.settings.get("dtype", "float16")
-        self.figures = FigureStore(settings.max_figures, settings.figure_ttl)
+        self.figures = FigureStore(settings.max_figures, settings.figure_ttl, settings.max_figure_bytes)
+        self.figures_skipped = 0
+        self.forward_frames = settings.forward_frames or default_workers_and_batch(
+            captioner.device, None, None, int(recipe.settings["frames"]))[1]
         self.error: str | None = None  # why the service could not start (the networks failed to build)
         self.ready = threading.Event()
         self.served = 0  # videos finished (captioned or failed)
@@ -304,10 +360,9 @@ class CaptionService:
             return
         self.batches += 1
         n = len(videos)
-        frames = sum(len(v.frames) for _, v in videos)
         t0 = time.monotonic()
-        computed = compute_features(self._backbones, [v for _, v in videos], batch_size=frames,
-                                    clip_batch=frames, dtype=self.dtype)
+        computed = compute_features(self._backbones, [v for _, v in videos], batch_size=self.forward_frames,
+                                    clip_batch=max(1, self.forward_frames // 4), dtype=self.dtype)
         features_s = time.monotonic() - t0
         good: list[tuple[VideoJob, DecodedVideo, dict[str, np.ndarray]]] = []
         for (job, video), (arrays, problem) in zip(videos, computed):
@@ -330,23 +385,32 @@ class CaptionService:
                 job.timings["decoding"] = decoding_s
                 outcome = VideoOutcome(caption, caption.error, job.timings, n)
                 if job.figure and caption.ok and not job.cancelled:
-                    self._drawer.submit(self._finish_with_figure, job, outcome, video)
-                else:
-                    self._done(job, outcome)
+                    outcome.figure_id = self._order_figure(caption, video)
+                self._done(job, outcome)
 
-    def _finish_with_figure(self, job: VideoJob, outcome: VideoOutcome, video: DecodedVideo) -> None:
-        """Draw the figure (in the figure thread, so the next batch need not wait), then finish the job."""
-        t0 = time.monotonic()
+    def _order_figure(self, caption: Caption, video: DecodedVideo) -> str | None:
+        """Reserve a figure and have the figure thread draw it: the caption is answered without waiting.
+        None when figures are not kept, or when ``max_pending_figures`` are already waiting to be drawn
+        (drawing is slower than captioning then, and the backlog must not grow without bound)."""
+        if self.figures.pending() >= self.settings.max_pending_figures:
+            self.figures_skipped += 1
+            return None
+        reserved = self.figures.reserve()
+        if reserved is None:
+            return None
+        fid, future = reserved
+        self._drawer.submit(self._draw, caption, video.frames, future)
+        return fid
+
+    def _draw(self, caption: Caption, frames: np.ndarray, future: Future) -> None:
         try:
-            assert outcome.caption is not None
-            image = self.captioner.attention_figure(outcome.caption, frames=video.frames)
+            image = self.captioner.attention_figure(caption, frames=frames)
             buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            outcome.figure_id = self.figures.put(buf.getvalue())
+            image.save(buf, format="PNG", compress_level=3)
+            future.set_result(buf.getvalue())
         except Exception as e:  # the caption stands without its figure
-            progress.log(f"serve: no attention figure for {job.name!r}: {type(e).__name__}: {e}")
-        job.timings["figure"] = time.monotonic() - t0
-        self._done(job, outcome)
+            progress.log(f"serve: no attention figure for {caption.video!r}: {type(e).__name__}: {e}")
+            future.set_result(None)
 
     def _done(self, job: VideoJob, outcome: VideoOutcome) -> None:
         job.timings["total"] = time.monotonic() - job.submitted
