@@ -62,6 +62,6 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark, each printing JSON with side-by-side ratios."""
-    install(session)
-    for name in ("extract", "decode", "train", "caption"):
+    install(session, "[serve]")
+    for name in ("extract", "decode", "train", "caption", "serve"):
         session.run("fcvc", "bench", name, "--json", *session.posargs)

@@ -368,13 +368,14 @@ def test_bad_model_files_and_busy_ports_are_clear_errors(tiny_captioner, tmp_pat
 
 def test_sigterm_stops_the_server_and_its_decoders(tiny_captioner, tmp_path):
     model, videos = tiny_captioner
-    s = Server(model, "--workers", "2")
-    status, _ = s.post_videos([(videos[0].name, videos[0].read_bytes())])
-    assert status == 200
-    children = [c for task in Path(f"/proc/{s.proc.pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
-    assert len(children) == 2  # the decoder processes (started by the feed thread)
-    assert s.stop(signal.SIGTERM) == 0
+    with Server(model, "--workers", "2") as s:
+        status, _ = s.post_videos([(videos[0].name, videos[0].read_bytes())])
+        assert status == 200
+        children = [c for task in Path(f"/proc/{s.proc.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        assert len(children) == 2  # the decoder processes (started by the feed thread)
+        assert s.stop(signal.SIGTERM) == 0
+        assert "stopped on SIGTERM; 1 video(s) answered" in s.stderr()
     time.sleep(0.5)
     assert [c for c in children if Path(f"/proc/{c}").exists() and "zombie" not in _state(c)] == []
 
