@@ -23,8 +23,9 @@ shared machine's load reaches both sides alike).
 
 One measurement (a server, N): N client threads (``http.client``, one keep-alive connection each) send
 ``--requests`` R requests in all (default 32), as fast as they can: each a ``POST /v1/captions`` of one
-video (multipart, one ``file`` part; the next video in the cycle), the attention figure drawn as the API
-does by default (``--no-figures`` sends ``figure=false``). Each request's latency is from its first byte
+video (multipart, one ``file`` part; the next video in the cycle), with an attention figure as the API
+draws by default (after the answer, in the server's figure thread: it costs the server CPU, not the
+request's latency; ``--no-figures`` sends ``figure=false``). Each request's latency is from its first byte
 sent to its answer read whole. Reported per server and N:
 
 - ``requests_per_s``: R / wall seconds (from the threads' start to the last answer);
@@ -46,9 +47,9 @@ end. The decoder processes are its children: the sum of their ``VmRSS`` (every d
 is true when it is at most 50 MiB (``--memory-threshold-mb``): reported, never a failure. The attention
 figures the server keeps (a store bounded by its ``--max-figures``, 256 by default) are part of that growth,
 not a leak: ``figures_growth_mb_estimate`` is the figures stored between the two samples times the size of
-one (``figure_png_bytes``, a figure fetched after the warm-up). So is a batch larger than any before the
-half (``largest_batch_at_half``, ``largest_batch_at_end``): the server's forward takes all the frames of a
-batch at once, and the allocator keeps the larger working set.
+one (``figure_png_bytes``, a figure fetched after the warm-up). A batch larger than any before the half
+(``largest_batch_at_half``, ``largest_batch_at_end``) may add a little too: its beam search holds every
+video of the batch (its backbone forwards do not: they keep ``fcvc extract``'s batch of whole videos).
 """
 
 from __future__ import annotations
