@@ -4,13 +4,16 @@
 (``.``/``..``), not a name the Zarr store reserves for itself (``zarr.json``), and at most 120
 characters; the mapping is injective (distinct ids never collide) and ids that are already safe map to
 themselves. :func:`tsv_field` makes an id safe for one column of a tab-separated line, and
-:func:`short_id` shortens an id for a message a person reads.
+:func:`short_id` shortens an id for a message a person reads. :func:`did_you_mean` suggests the closest
+of some known names for a misspelled one.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+from typing import Iterable
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-.]")
 _MAX = 120
@@ -68,3 +71,9 @@ def short_id(text: object, limit: int = 80) -> str:
         keep -= 1
     head = repr(text[:keep])
     return f"{head[:-1]}\u2026{head[-1]} ({len(text)} characters)"
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``value``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value).strip().lower(), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

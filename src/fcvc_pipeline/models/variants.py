@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fcvc_pipeline.errors import ConfigError
+from fcvc_pipeline.naming import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def canonical_model_name(name: str) -> str:
     """``fcvc-final`` -> ``fcvc-cf-ia``; a canonical name is returned unchanged; anything else is a ConfigError."""
     key = resolve_alias(name)
     if key not in VARIANTS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {known_models_text()}")
+        hint = did_you_mean(key, (*MODEL_NAMES, *MODEL_ALIASES))
+        raise ConfigError(f"unknown model {name!r}{hint}; choose one of {known_models_text()}")
     return key
 
 
