@@ -3,6 +3,7 @@ figures are bounded in count and age."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def test_batches_never_exceed_max_batch_and_options_are_kept_apart(captioner, ti
     service = start(captioner, workers=2, max_batch=2, batch_wait_ms=2000)
     try:
         beam1 = DecodingOptions(beam_size=1)
-        jobs = [service.submit(v, v.name, beam1 if i % 2 else captioner.options, figure=False)
+        # a run's options carry how the beam was chosen (a dict): still grouped by the search settings
+        chosen = dataclasses.replace(captioner.options, chosen_on="val", val_cider_by_beam={"1": 0.1, "5": 0.2})
+        jobs = [service.submit(v, v.name, beam1 if i % 2 else chosen, figure=False)
                 for i, v in enumerate(videos)]
         outcomes = [j.future.result(timeout=60) for j in jobs]
         assert all(o.error is None for o in outcomes)

@@ -371,10 +371,12 @@ class CaptionService:
                 self._done(job, VideoOutcome(None, f"features: {problem}", job.timings, n))
             else:
                 good.append((job, video, arrays))
-        by_options: dict[DecodingOptions, list[tuple[VideoJob, DecodedVideo, dict[str, np.ndarray]]]] = {}
+        # one beam search per set of search settings (the options' provenance, a dict, is not part of the key)
+        by_options: dict[tuple, list[tuple[VideoJob, DecodedVideo, dict[str, np.ndarray]]]] = {}
         for item in good:
-            by_options.setdefault(item[0].options, []).append(item)
-        for options, items in by_options.items():
+            by_options.setdefault(tuple(sorted(item[0].options.search_key().items())), []).append(item)
+        for items in by_options.values():
+            options = items[0][0].options
             t1 = time.monotonic()
             keys = {f"{k}": arrays for k, (_, _, arrays) in enumerate(items)}
             captions = self.captioner.caption_features(keys, beam_size=options.beam_size, max_len=options.max_len,
