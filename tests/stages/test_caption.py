@@ -250,3 +250,15 @@ def test_model_usage_errors_exit_2(exported, trained, args, words):
     res = CliRunner().invoke(main, ["caption", str(videos[0]), "--model", str(exported), *args])
     assert res.exit_code == 2, res.output
     assert words in res.output
+
+
+def test_no_videos_and_urls_are_errors_before_a_model_is_loaded(tmp_path):
+    empty = tmp_path / "novids"
+    empty.mkdir()
+    (empty / "notes.txt.bak").write_text("not a video")
+    missing_model = tmp_path / "never-read.fcvc"
+    r = CliRunner().invoke(main, ["caption", str(empty), "--model", str(missing_model)])
+    assert r.exit_code == 2 and f"{empty}: no videos found" in r.output and ".mp4" in r.output
+    assert "never-read.fcvc" not in r.output  # refused before the model file is opened
+    r = CliRunner().invoke(main, ["caption", "https://example.com/clip.mp4", "--model", str(missing_model)])
+    assert r.exit_code == 2 and "https://example.com/clip.mp4: URLs are not supported" in r.output

@@ -103,3 +103,15 @@ def test_caption_refuses_features_of_other_settings(demo_run, tmp_path):
     with pytest.raises(MismatchError):
         run_caption(CaptionConfig(inputs=(next((root / "sample" / "videos").glob("*.mp4")),), workdir=work,
                                   checkpoint=ckpt, device="cpu"))
+
+
+def test_every_option_is_checked_before_any_work(tmp_path):
+    work = tmp_path / "work"
+    r = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--model", "fcvc-cfia", "--frame-size", "50",
+                                  "--epochs", "0"])
+    assert r.exit_code == 2
+    assert "(did you mean 'fcvc-cf-ia'?)" in r.output
+    assert "--frame-size must be at least 75" in r.output and "--epochs must be at least 1" in r.output
+    assert not work.exists()  # nothing extracted, generated or written
+    r = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--model", "all"])
+    assert r.exit_code == 2 and "fcvc demo trains one model" in r.output and not work.exists()

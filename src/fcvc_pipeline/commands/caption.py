@@ -13,7 +13,7 @@ from fcvc_pipeline.naming import tsv_field
 
 @click.command()
 @common_options
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=str)  # strings: a URL is refused by name, not folded into a path
 @click.option("--run", "run_name", default=None, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, help="A checkpoint file instead of a run.")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -30,7 +30,7 @@ from fcvc_pipeline.naming import tsv_field
               help="Write one attention figure (PNG) per video into this directory.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=int, default=None, help="Decode processes.")
-def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ...], run_name: str | None,
+def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...], run_name: str | None,
             checkpoint: Path | None, model: Path | None, backbone_weights: tuple[tuple[str, Path], ...],
             beam_size: int | None, max_len: int | None, attention: Path | None, device: str, workers: int | None):
     """Caption video files or directories end to end: prints video<TAB>caption per video, in the order given.
@@ -50,7 +50,7 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[Path, ..
     from fcvc_pipeline.stages.caption import CaptionConfig, run_caption  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     given = click.get_current_context().get_parameter_source("workdir") is not ParameterSource.DEFAULT
-    cfg = CaptionConfig(inputs=inputs, workdir=workdir if given or model is None else None, run=run_name,
+    cfg = CaptionConfig(inputs=tuple(i if "://" in i else Path(i) for i in inputs), workdir=workdir if given or model is None else None, run=run_name,
                         checkpoint=checkpoint, model=model, backbone_weights=backbone_weights, beam_size=beam_size,
                         max_len=max_len, attention=attention, device=device, workers=workers)
 

@@ -99,6 +99,9 @@ def _named_paths(inputs: Sequence[str | Path], problems: list[str]) -> list[Path
     (by name, its own files before its subfolders'), a list file's in its order."""
     found: list[Path] = []
     for raw in inputs:
+        if "://" in str(raw):  # Path() would fold https://host/a.mp4 into https:/host/a.mp4
+            problems.append(f"{raw}: URLs are not supported; download the video and name the file")
+            continue
         p = Path(raw).expanduser()
         if p.is_dir() and not (_is_video_name(p.name) and p.is_symlink()):
             found.extend(_walk(p))

@@ -27,10 +27,10 @@ from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.devices import check_device_spec, resolve_device
-from fcvc_pipeline.errors import FilesystemError, filesystem_error, require
+from fcvc_pipeline.errors import FilesystemError, InputError, filesystem_error, require
 from fcvc_pipeline.features.extraction import VideoResult, extract_like
 from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
-from fcvc_pipeline.features.video import VideoSource
+from fcvc_pipeline.features.video import VIDEO_EXTENSIONS, VideoSource, list_videos_in_order
 from fcvc_pipeline.inference.captioner import Caption, Captioner, FeatureSource
 from fcvc_pipeline.inference.package import ROLES, recipe_from_store, training_store
 from fcvc_pipeline.naming import safe_name
@@ -118,6 +118,11 @@ class CaptionResult:
 
 def run_caption(cfg: CaptionConfig) -> CaptionResult:
     require(cfg.validate())
+    if not list_videos_in_order(cfg.inputs):  # checked before a model is loaded; raises for missing paths
+        names = ", ".join(str(p) for p in cfg.inputs)
+        raise InputError(names, f"no videos found (folders are searched for files ending in "
+                                f"{', '.join(sorted(VIDEO_EXTENSIONS))})",
+                         hint="name the video files themselves, or a .txt list of their paths")
     device = resolve_device(cfg.device)
     weights = dict(cfg.backbone_weights)
     source: FeatureSource | None = None

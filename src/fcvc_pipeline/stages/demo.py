@@ -21,14 +21,16 @@ from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import read_cached, read_manifest, write_cached
 from fcvc_pipeline.captions.synthetic import bundled_sample_dir, generate_sample, is_sample_dir
 from fcvc_pipeline.captions.vocabulary import load_captions, references_by_video
-from fcvc_pipeline.errors import MissingArtifactError
+from fcvc_pipeline.errors import MissingArtifactError, require
 from fcvc_pipeline.evaluation.baselines import best_constant_caption
+from fcvc_pipeline.features.backbones import INCEPTION_MIN_SIZE
 from fcvc_pipeline.models import DEFAULT_MODEL
 from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
 from fcvc_pipeline.stages.extract import ExtractConfig, run_extract
 from fcvc_pipeline.stages.score import ScoreConfig, run_score
 from fcvc_pipeline.stages.train import TrainConfig, run_train
 from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
+from fcvc_pipeline.training.config import ALL_MODELS
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 
@@ -100,7 +102,30 @@ def _constant_caption(workdir: Path) -> dict[str, Any]:
     return result
 
 
+def train_config(cfg: DemoConfig) -> TrainConfig:
+    return TrainConfig(workdir=Path(cfg.workdir), model=cfg.model, epochs=cfg.epochs, d_model=cfg.d_model,
+                       dropout=cfg.dropout, batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
+                       device=cfg.device)
+
+
+def check(cfg: DemoConfig) -> None:
+    """Every option, before any work: a misspelled model must not wait for ten minutes of extraction."""
+    problems = train_config(cfg).validate()
+    if cfg.model == ALL_MODELS:
+        problems.append("fcvc demo trains one model; for every model of the ablation run `fcvc train --model all` "
+                        "in the demo's work directory afterwards")
+    if cfg.frames < 1:
+        problems.append(f"--frames must be at least 1 (got {cfg.frames})")
+    if cfg.frame_size < INCEPTION_MIN_SIZE:
+        problems.append(f"--frame-size must be at least {INCEPTION_MIN_SIZE} for Inception-V3 (got {cfg.frame_size})")
+    if cfg.data is not None and not (Path(cfg.data) / "annotations.json").is_file():
+        problems.append(f"--data {cfg.data}: not a sample directory (no annotations.json); omit --data to use "
+                        f"the bundled sample set")
+    require(sorted(set(problems), key=problems.index))
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
+    check(cfg)
     w = Path(cfg.workdir)
     wd = Workdir(w)
     seconds: dict[str, float] = {}
@@ -118,9 +143,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         inputs=(data / "videos",), workdir=w, frames=cfg.frames, frame_size=cfg.frame_size,
         inception_weights="random", c3d_weights="none", device=cfg.device)))
     vocab = stage("vocab", lambda: run_vocab(VocabConfig(annotations=data / "annotations.json", workdir=w, min_count=1)))
-    trained = stage("train", lambda: run_train(TrainConfig(
-        workdir=w, model=cfg.model, epochs=cfg.epochs, d_model=cfg.d_model, dropout=cfg.dropout,
-        batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience, device=cfg.device)))
+    trained = stage("train", lambda: run_train(train_config(cfg)))
     scored = stage("score", lambda: run_score(ScoreConfig(workdir=w, run=trained.run.name, split="test",
                                                            device=cfg.device)))
     constant = stage("constant caption", lambda: _constant_caption(w))
