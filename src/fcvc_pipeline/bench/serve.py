@@ -579,6 +579,8 @@ class ServeBenchOutcome:
 @click.option("--workers", type=int, default=None, help="The servers' decoder processes (default: fcvc serve's).")
 @click.option("--threads", type=int, default=None, help="The servers' torch threads (default: fcvc serve's).")
 @click.option("--max-queue", type=int, default=32, show_default=True)
+@click.option("--max-figures", type=int, default=256, show_default=True,
+              help="The servers' --max-figures (a small value shows memory staying flat once the store is full).")
 @click.option("--figures/--no-figures", default=True, show_default=True,
               help="Ask for the attention figure (the API's default) or send figure=false.")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -594,13 +596,13 @@ class ServeBenchOutcome:
               help="Write videos and model here, kept (default: a temporary folder, deleted).")
 @click.option("--json", "json_out", is_flag=True, help="Print the figures as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True)
-def bench_serve(clients, requests, videos, max_batch, batch_wait_ms, workers, threads, max_queue, figures, model,
+def bench_serve(clients, requests, videos, max_batch, batch_wait_ms, workers, threads, max_queue, max_figures, figures, model,
                 video_frames, frames, frame_size, d_model, device, memory_threshold_mb, workdir, json_out, verbose):
     """fcvc serve under 1..16 concurrent clients, batching on (--max-batch 16) and off (--max-batch 1):
     requests/s, p50/p95 latency, errors, mean batch size, the server's memory. Exit 1 if any request failed."""
     cfg = ServeBenchConfig(clients=parse_int_list(clients, "--clients"), requests=requests, videos=videos,
                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, workers=workers, threads=threads,
-                           max_queue=max_queue, figures=figures, model=model, video_frames=video_frames,
+                           max_queue=max_queue, max_figures=max_figures, figures=figures, model=model, video_frames=video_frames,
                            frames=frames, frame_size=frame_size, d_model=d_model, device=device,
                            memory_threshold_mb=memory_threshold_mb, workdir=workdir)
 
