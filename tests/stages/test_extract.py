@@ -156,6 +156,28 @@ def test_c3d_default_without_weights_names_the_options(tmp_path, monkeypatch):
     assert "no_c3d.pickle" in str(e.value) and "random" in str(e.value) and "none" in str(e.value)
 
 
+def test_into_a_log_extraction_and_batchnorm_reestimation_report_progress_lines(tmp_path):
+    """stderr a pipe (nohup, SLURM, CI): plain progress lines, the failures counted, BatchNorm included."""
+    make_corpus(tmp_path / "v", 3)
+    write_text_as_video(tmp_path / "v" / "broken.mp4")
+    env = {k: v for k, v in os.environ.items() if k != "FCVC_PROGRESS"}
+    done = subprocess.run([sys.executable, "-m", "fcvc_pipeline", "extract", str(tmp_path / "v"),
+                           "--store", str(tmp_path / "f.zarr"), *TINY_CLI],
+                          env={**env, "OMP_NUM_THREADS": "1", "FCVC_PROGRESS_INTERVAL": "0"},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # one video failed
+    lines = done.stderr.splitlines()
+    assert "\r" not in done.stderr
+    assert "inception BatchNorm: 0/6 frames (0%)" in lines
+    assert any(line.startswith("inception BatchNorm: 6/6 frames (100%) in ") for line in lines), lines
+    assert "extract: 0/4 videos (0%)" in lines
+    middle = [line for line in lines if line.startswith("extract: ") and " after " in line]
+    assert middle and all(" video/s" in line or " s/video" in line for line in middle), lines
+    assert all("ETA " in line for line in middle), lines
+    final = [line for line in lines if line.startswith("extract: 4/4 videos (100%) in ")]
+    assert len(final) == 1 and final[0].endswith("failed=1"), lines
+
+
 def test_non_finite_features_fail_loudly_and_write_nothing(tmp_path, monkeypatch):
     from fcvc_pipeline.features import networks as extract_backbones
 

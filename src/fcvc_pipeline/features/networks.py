@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -191,15 +191,21 @@ def _calibrate(role: str, module: nn.Module, data: CalibrationData, device: torc
             raise ConfigError(data.shortage("Inception"), hint="add videos or use --frames >= 2")
         chunks = np.array_split(np.arange(len(data.frames)), -(-len(data.frames) // CALIBRATION_CHUNK))
         batches = (preprocess_frames(torch.from_numpy(data.frames[c]).to(device)) for c in chunks)
-        used = len(data.frames)
+        used, unit = len(data.frames), "frame"
     else:
         assert clip_info is not None
         if data.clips is None or len(data.clips) < 2:
             raise ConfigError(data.shortage(clip_info.name))
         chunks = np.array_split(np.arange(len(data.clips)), -(-len(data.clips) // CLIP_CALIBRATION_CHUNK))
         batches = (preprocess_clips(torch.from_numpy(data.clips[c]).to(device), clip_info) for c in chunks)
-        used = len(data.clips)
-    calibrate_batchnorm(module, batches)
+        used, unit = len(data.clips), "clip"
+    with progress.bar(total=used, desc=f"{role} BatchNorm", unit=unit) as bar:
+        def counted() -> Iterator[torch.Tensor]:
+            for c, x in zip(chunks, batches):
+                yield x
+                bar.update(len(c))  # after the forward of this batch
+
+        calibrate_batchnorm(module, counted())
     module.to("cpu")
     return {"frames" if role == "inception" else "clips": used, "videos": list(data.video_ids)}
 
