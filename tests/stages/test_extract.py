@@ -156,6 +156,34 @@ def test_c3d_default_without_weights_names_the_options(tmp_path, monkeypatch):
     assert "no_c3d.pickle" in str(e.value) and "random" in str(e.value) and "none" in str(e.value)
 
 
+def test_no_videos_found_is_an_error_that_creates_nothing(tmp_path):
+    """A folder without videos used to make a store that fixed the settings, refusing the corrected run."""
+    empty, work = tmp_path / "videos", tmp_path / "work"
+    (empty / "notes").mkdir(parents=True)
+    (empty / "notes" / "readme.txt").write_text("no videos here\n")
+    (empty / ".hidden.mp4").write_bytes(b"")
+    out = CliRunner().invoke(main, ["extract", str(empty), "--workdir", str(work), "--json", *TINY_CLI])
+    assert out.exit_code == 2, out.output
+    assert json.loads(out.stdout)["exit_code"] == 2
+    assert f"{empty}: no videos found" in out.stderr and ".mp4" in out.stderr and ".mkv" in out.stderr
+    assert "internal error" not in out.stderr
+    assert not work.exists()  # no work directory, no store
+
+    work.mkdir()
+    (tmp_path / "list.txt").write_text("# an empty list\n")
+    out = CliRunner().invoke(main, ["extract", str(empty), str(tmp_path / "list.txt"), "--workdir", str(work),
+                                    *TINY_CLI])
+    assert out.exit_code == 2 and "list.txt: no videos found" in out.stderr and str(empty) in out.stderr
+    assert os.listdir(work) == []
+
+    make_corpus(empty, 2)  # the corrected run, with other settings, is not refused
+    fixed = CliRunner().invoke(main, ["extract", str(empty), "--workdir", str(work), "--json", *TINY_CLI,
+                                      "--frames", "2"])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)["completed"] == 2
+    assert FeatureStore.open(work / "features.zarr").settings["frames"] == 2
+
+
 def test_into_a_log_extraction_and_batchnorm_reestimation_report_progress_lines(tmp_path):
     """stderr a pipe (nohup, SLURM, CI): plain progress lines, the failures counted, BatchNorm included."""
     make_corpus(tmp_path / "v", 3)

@@ -2,7 +2,8 @@
 
 Config -> checked job -> engine: :class:`ExtractConfig` holds every option and :meth:`ExtractConfig.check`
 turns it into an :class:`~fcvc_pipeline.features.settings.ExtractionJob` (all problems reported at
-once); :func:`fcvc_pipeline.features.extraction.run_extraction` does the work.
+once; INPUTS that name no video are one of them, so nothing, no store and no work directory, is made);
+:func:`fcvc_pipeline.features.extraction.run_extraction` does the work.
 
 Caching: a store records its settings (every option that changes the features, and the identity of
 the weights); a rerun with the same settings skips every video that is complete and unchanged on
@@ -24,7 +25,7 @@ from fcvc_pipeline.errors import ConfigError, require
 from fcvc_pipeline.features.backbones import CLIP_MODELS, INCEPTION_MIN_SIZE, parse_weights
 from fcvc_pipeline.features.extraction import ExtractResult, extract_like, run_extraction
 from fcvc_pipeline.features.settings import DTYPES, ExtractionJob, build_settings, clip_choice, decode_plan
-from fcvc_pipeline.features.video import DECODERS, list_videos
+from fcvc_pipeline.features.video import DECODERS, LIST_EXTENSIONS, VIDEO_EXTENSIONS, list_videos
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, Workdir
 
 __all__ = ["ExtractConfig", "ExtractResult", "run_extract", "extract_like", "build_settings", "decode_plan"]
@@ -99,6 +100,8 @@ class ExtractConfig:
         if self.calibration_frames < 2:
             problems.append(f"--calibration-frames must be at least 2 (got {self.calibration_frames!r})")
         sources = attempt(list_videos, self.inputs) if self.inputs else None
+        if sources == []:  # nothing to extract: an error, before anything (a store fixing settings) is made
+            problems.append(no_videos_found(self.inputs))
         require(problems)
         assert inception is not None and sources is not None and shard is not None
         return ExtractionJob(sources=sources, shard=shard, store_path=self.store_path, inception=inception, clip=clip,
@@ -106,6 +109,15 @@ class ExtractConfig:
                              dtype=self.dtype, calibration_frames=self.calibration_frames, device=self.device,
                              batch_size=self.batch_size, workers=self.workers, timeout=self.timeout,
                              decoder=self.decoder, force=self.force, verify=self.verify)
+
+
+def no_videos_found(inputs: tuple[Path, ...]) -> str:
+    """What to say when ``inputs`` name no video: the paths, and the file names that were looked for."""
+    names = ", ".join(str(p) for p in inputs)
+    lists = ", ".join(sorted(LIST_EXTENSIONS))
+    return (f"{names}: no videos found (folders are searched recursively, hidden entries skipped, for files "
+            f"ending in {', '.join(sorted(VIDEO_EXTENSIONS))}; a {lists} file lists one path per line); "
+            f"check the path, or name the video files themselves")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
