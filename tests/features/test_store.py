@@ -6,8 +6,10 @@ Videos are written the way the extraction loop's writer does it (``features/loop
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -227,8 +229,9 @@ def test_unsafe_video_ids_map_to_safe_group_names_and_keep_the_original_id(tmp_p
         assert name.isascii() and name.isprintable() and len(name) <= 120
         assert (store.path / "videos" / name / "zarr.json").is_file()
     assert sorted(groups) == sorted(safe_name(v) for v in [*UNSAFE_IDS, "fail/ed"])
-    # nothing was written outside the store
-    assert sorted(os.listdir(tmp_path)) == ["features.zarr", "features.zarr.lock"]
+    # nothing was written outside the store but its lock and its writers' claims, one safe name per video
+    assert sorted(os.listdir(tmp_path)) == ["features.zarr", "features.zarr.claims", "features.zarr.lock"]
+    assert sorted(os.listdir(store.claims_dir)) == sorted(f"{safe_name(v)}.lock" for v in UNSAFE_IDS)
 
     reader = FeatureStore.open(store.path)
     assert reader.completed_ids() == sorted(UNSAFE_IDS)
@@ -289,6 +292,46 @@ def test_a_claim_is_exclusive_until_released(store):
         assert again is not None and again.video_id == "a/b"
         assert store.claim("a/b") is None
     assert store.claim("a/b") is not None
+
+
+def test_zarr_opens_and_lists_a_store_with_live_claims_without_a_warning(store):
+    write_like_the_loop(store, "v1", tiny_arrays())
+    store.put_backbone("inception", {"kind": "random"}, {"inception_bn": b"123"})
+    with store.claim("v1"), store.claim("being/written"):
+        assert store.claims_dir.is_dir() and not (store.path / ".claims").exists()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # zarr's "Object at .claims is not recognized ..." would raise
+            root = zarr.open_group(str(store.path), mode="r")
+            assert sorted(root.group_keys()) == ["backbones", "videos"]
+            assert sorted(name for name, _ in root.members(max_depth=None))  # the whole tree, recursively
+            root.tree()
+            assert FeatureStore.open(store.path).read_video("v1").frame_features.shape == (N, D)
+
+
+def test_claims_of_an_older_fcvc_inside_the_store_are_respected_then_retired(store):
+    old = store.path / ".claims"  # where claims lived before they moved beside the store
+    old.mkdir()
+    for name in ("held", "free"):
+        (old / f"{name}.lock").touch()
+    fd = os.open(old / "held.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an older fcvc writing "held" now
+    try:
+        assert store.claim_held("held") and not store.claim_held("free")
+        assert store.claim("held") is None  # its claim in the old place is respected
+        with store.claim("free") as mine:
+            assert mine is not None and store.claim_held("free")
+        FeatureStore.create(store.path, SETTINGS)  # opening for writing retires what no one holds
+        assert sorted(os.listdir(old)) == ["held.lock"]
+    finally:
+        os.close(fd)  # the older writer is done
+    assert not store.claim_held("held")
+    with store.claim("held") as mine:
+        assert mine is not None
+    FeatureStore.create(store.path, SETTINGS)
+    assert not old.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(zarr.open_group(str(store.path), mode="r").group_keys()) == ["videos"]
 
 
 def test_blobs_and_backbone_records_round_trip(store):

@@ -28,7 +28,11 @@ with ``complete: false`` and ``failure: {path, stage, error}``; writers only eve
 video's group, so two writers never share a chunk (zarr-python #3682).
 
 Writers coordinate per video with :meth:`FeatureStore.claim` (a non-blocking ``flock`` on
-``.claims/<video>.lock`` inside the store, released by the OS even on kill -9). The ``backbones``
+``<store>.claims/<video>.lock`` beside the store, released by the OS even on kill -9). The claims stay
+outside the Zarr hierarchy, where zarr would warn about an object it does not know. Stores written
+before kept them inside, in ``.claims/``: a claim also takes that old file when it exists (so an older
+fcvc writing the same store is still respected), :meth:`FeatureStore.claim_held` reads both places, and
+opening a store for writing removes the old folder once no lock in it is held. The ``backbones``
 group records the exact networks the features came from (attrs) and small binary blobs
 (e.g. re-estimated BatchNorm statistics) as uint8 arrays, so the store is self-describing.
 """
@@ -59,6 +63,7 @@ VIDEO_LAYOUT = 2  # versioned, checksummed videos
 FLOAT_ARRAYS = ("frame_features", "region_features", "clip_features")
 CHECKSUMMED = ZstdCodec(level=0, checksum=True)  # level 0 = zstd's default (3); checksum: xxhash of each chunk
 READ_ATTEMPTS = 10  # a read that loses a race with a rewrite is retried on the new version
+OLD_CLAIMS = ".claims"  # inside the store: where claims lived before they moved beside it (<store>.claims/)
 
 
 class DamagedVideoError(FcvcError):
@@ -117,23 +122,57 @@ def naming(path: Path) -> Iterator[None]:
 class Claim:
     """A per-video writer lock (see :meth:`FeatureStore.claim`); release it when done."""
 
-    def __init__(self, video_id: str, fd: int):
+    def __init__(self, video_id: str, fd: int, *more: int):
         self.video_id = video_id
-        self._fd: int | None = fd
+        self._fds: list[int] = [fd, *more]  # the claim file, and the old in-store one where it exists
 
     def release(self) -> None:
-        if self._fd is not None:
+        while self._fds:
+            fd = self._fds.pop()
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                os.close(self._fd)
-                self._fd = None
+                os.close(fd)
 
     def __enter__(self) -> "Claim":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _try_lock(path: Path, *, create: bool) -> int | None:
+    """A non-blocking exclusive ``flock`` on ``path``: its descriptor, or None when another process holds
+    it. Without ``create`` a missing file raises :class:`FileNotFoundError`."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _held(path: Path) -> bool:
+    """Whether a live process holds an exclusive lock on ``path`` (opened read-only)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a shared lock we took
+    return False
 
 
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -177,6 +216,7 @@ class FeatureStore:
             # an existing store with these settings needs no lock (and works in a read-only directory)
             store = cls.open(path, mode="a")
             if canonical_json(store.settings) == canonical_json(settings):
+                store._retire_old_claims()
                 return store
         with file_lock(path.with_name(path.name + ".lock")):
             if cls.exists(path) and force:
@@ -188,6 +228,7 @@ class FeatureStore:
                     diffs = "; ".join(_settings_diff(old, settings))
                     raise MismatchError(f"{path} was extracted with other settings ({diffs})",
                                         hint="use another --workdir, or --force to rebuild the store")
+                store._retire_old_claims()
                 return store
             # one metadata write: a reader (which takes no lock) never sees a root without its attributes
             with naming(path):
@@ -301,31 +342,68 @@ class FeatureStore:
         """The store-wide lock (the one :meth:`create` takes), for short setup steps."""
         return file_lock(self.path.with_name(self.path.name + ".lock"))
 
+    @property
+    def claims_dir(self) -> Path:
+        """Where writers' per-video claim files live: beside the store, outside its Zarr hierarchy."""
+        return self.path.with_name(self.path.name + ".claims")
+
+    def _old_claims_dir(self) -> Path:
+        return self.path / OLD_CLAIMS  # inside the store, where stores written before kept them
+
     def claim(self, video_id: str) -> Claim | None:
         """Try to become the only writer of ``video_id``; None when another process holds it."""
-        d = self.path / ".claims"
-        d.mkdir(exist_ok=True)
-        fd = os.open(d / f"{safe_name(video_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        name = f"{safe_name(video_id)}.lock"
+        d = self.claims_dir
+        with naming(d):
+            d.mkdir(exist_ok=True)
+        fd = _try_lock(d / name, create=True)
+        if fd is None:
             return None
-        return Claim(video_id, fd)
+        try:  # an older fcvc writing this store claims in the old place: respect its claims too
+            old = _try_lock(self._old_claims_dir() / name, create=False)
+        except OSError:  # none there (the usual case), or not ours to open: nothing to respect
+            return Claim(video_id, fd)
+        except BaseException:
+            _unlock(fd)
+            raise
+        if old is None:
+            _unlock(fd)
+            return None
+        return Claim(video_id, fd, old)
 
     def claim_held(self, video_id: str) -> bool:
         """Whether a live process holds ``video_id``'s claim now (reads only: works on a read-only store)."""
+        name = f"{safe_name(video_id)}.lock"
+        return _held(self.claims_dir / name) or _held(self._old_claims_dir() / name)
+
+    def _retire_old_claims(self) -> None:
+        """Remove the old in-store claims folder (zarr warns about it) once none of its locks is held.
+
+        Best effort: a lock still held (an older fcvc writing now) keeps its file and the folder; a
+        read-only store keeps everything. (An older fcvc that opened a lock file just before it is removed
+        may still lock the removed file: claims are transient, and this window closes with the old folder.)
+        """
+        d = self._old_claims_dir()
+        if not d.is_dir():
+            return
         try:
-            fd = os.open(self.path / ".claims" / f"{safe_name(video_id)}.lock", os.O_RDONLY)
+            for f in d.iterdir():
+                try:
+                    fd = os.open(f, os.O_RDWR)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    f.unlink()
+                finally:
+                    _unlock(fd)
+            d.rmdir()
         except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing releases a shared lock we took
-        return False
+            pass
 
     def incomplete_ids(self) -> list[str]:
         """Videos with a group but neither complete nor failed: being written now, or interrupted."""
