@@ -10,6 +10,7 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 
 
 @click.command()
+@common_options
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--frames", type=int, default=15, show_default=True, help="Frames sampled uniformly per video.")
 @click.option("--frame-size", type=int, default=299, show_default=True,
@@ -18,8 +19,9 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="imagenet (torchvision, downloaded once) | random[:SEED] (offline; BatchNorm re-estimated "
                    "on the first frames) | PATH (a state dict in torchvision's layout).")
 @click.option("--c3d-weights", default="auto", show_default=True,
-              help="Clip-model weights: PATH | random[:SEED] | none (no clip features) | hub (pytorchvideo "
-                   "models). auto: $FCVC_C3D_WEIGHTS or ~/.cache/fcvc/c3d.pickle for C3D, hub otherwise.")
+              help="Clip-model weights: PATH | random[:SEED] (offline tests) | none (no clip features) | hub "
+                   "(pytorchvideo models). auto: $FCVC_C3D_WEIGHTS or ~/.cache/fcvc/c3d.pickle for C3D (the "
+                   "Sports-1M c3d.pickle of DavideA/c3d-pytorch, which you download yourself), hub otherwise.")
 @click.option("--clip-model", default="c3d", show_default=True,
               type=click.Choice(["c3d", "x3d_m", "slow_r50", "r2plus1d_r50"]),
               help="C3D (Sports-1M, fc6) or a pytorchvideo hub backbone.")
@@ -27,12 +29,13 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
 @click.option("--batch-size", type=int, default=None,
               help="Frames per Inception forward (clips per clip forward: a quarter). Default: whole videos, "
                    "about 16 frames on CPU and 128 on CUDA.")
-@click.option("--workers", type=int, default=None, help="Decode worker processes (default: by CPU count).")
+@click.option("--workers", type=int, default=None, help="Decode worker processes. Default: by CPU count.")
 @click.option("--shard", default=None, metavar="I/N",
-              help="Extract every N-th video starting at I (default: torchrun's RANK/WORLD_SIZE, else all).")
+              help="Extract every N-th video starting at I. Default: torchrun's RANK/WORLD_SIZE, else all.")
 @click.option("--store", type=click.Path(path_type=Path), default=None,
-              help="Feature store path (default: <workdir>/features.zarr).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+              help="Feature store path. Default: <workdir>/features.zarr.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="How features are stored (float32 doubles the store; try it when float16 overflows).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds allowed to decode one video.")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="auto: decord, falling back to PyAV for files decord cannot read.")
@@ -40,15 +43,24 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="Frames used to re-estimate BatchNorm statistics of random weights.")
 @click.option("--verify", is_flag=True,
               help="Read every complete video of INPUTS in full (checksums) first, and extract the damaged "
-                   "ones again (without it, only missing or cut chunk files are noticed).")
-@click.option("--force", is_flag=True, help="Delete a store made with other settings and rebuild it.")
-@common_options
-def extract(inputs, frames, frame_size, inception_weights, c3d_weights, clip_model, device, batch_size, workers,
-            shard, store, dtype, timeout, decoder, calibration_frames, verify, force, workdir, json_out, verbose):
+                   "ones again. Default: off (only missing or cut chunk files are noticed).")
+@click.option("--force", is_flag=True,
+              help="Delete a store made with other settings and rebuild it. Default: off (such a store is refused).")
+def extract(workdir, json_out, verbose, inputs, frames, frame_size, inception_weights, c3d_weights, clip_model, device,
+            batch_size, workers, shard, store, dtype, timeout, decoder, calibration_frames, verify, force):
     """Extract Inception-V3 frame/region features and clip features from videos.
 
     INPUTS are video files, folders (searched recursively) or .txt files listing paths. The video id is
-    the file stem. Reruns extract only new, changed, failed or interrupted videos.
+    the file stem. Reruns extract only new, changed, failed or interrupted videos. Progress goes to
+    stderr: a bar on a terminal, a line every 30 s in a log (FCVC_PROGRESS=0 silences it).
+
+    \b
+    Examples:
+      fcvc extract videos/ --c3d-weights c3d.pickle       # Inception-V3 (ImageNet) + C3D (Sports-1M)
+      fcvc extract videos/ --c3d-weights none             # frame and region features only
+      fcvc extract videos/ --inception-weights random --c3d-weights random   # offline test run
+      fcvc extract list.txt --shard 0/2 & fcvc extract list.txt --shard 1/2   # two writers, one store
+      nohup fcvc extract videos/ --json >result.json 2>extract.log &
     """
 
     def run():
