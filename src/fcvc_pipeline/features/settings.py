@@ -23,6 +23,7 @@ SAMPLING_RULE = "index_k = floor((k + 0.5) * T / N); clip k = index_k + stride *
 DTYPES = ("float16", "float32")
 C3D_ENV = "FCVC_C3D_WEIGHTS"
 DEFAULT_C3D_PATH = Path("~/.cache/fcvc/c3d.pickle")
+C3D_PROJECT = "https://github.com/DavideA/c3d-pytorch"  # whose README links the converted Sports-1M c3d.pickle
 
 
 @dataclass
@@ -58,14 +59,24 @@ def clip_choice(value: str, model: str) -> WeightsChoice:
         env = os.environ.get(C3D_ENV)
         candidate = Path(env).expanduser() if env else DEFAULT_C3D_PATH.expanduser()
         if not candidate.is_file():
-            raise ConfigError(f"no C3D weights found (looked for {candidate}, set by ${C3D_ENV} or the default "
-                              f"{DEFAULT_C3D_PATH}): pass --c3d-weights PATH (DavideA's Sports-1M c3d.pickle), "
-                              f"--c3d-weights random (offline test mode) or --c3d-weights none (no clip features)")
+            raise ConfigError(missing_c3d_weights(candidate, from_env=bool(env)))
         return WeightsChoice("path", path=candidate)
     if value == "auto":
         return WeightsChoice("hub")
     named = ("hub",) if model != "c3d" else ()
     return parse_weights(value, named=named, option="--c3d-weights")
+
+
+def missing_c3d_weights(looked_at: Path, *, from_env: bool) -> str:
+    """Why ``--c3d-weights auto`` found no C3D weights, where they come from, and what runs without them."""
+    where = f"${C3D_ENV} names {looked_at}, which does not exist" if from_env else f"there is no {DEFAULT_C3D_PATH}"
+    return (f"no C3D weights: --c3d-weights auto (the default) reads ${C3D_ENV} or {DEFAULT_C3D_PATH}, and {where}.\n"
+            f"    They are the Sports-1M C3D weights converted for PyTorch: the c3d.pickle of the DavideA/c3d-pytorch "
+            f"project ({C3D_PROJECT}, download link in its README). fcvc does not download them: download the file "
+            f"yourself, then put it at {DEFAULT_C3D_PATH}, set ${C3D_ENV}, or pass --c3d-weights PATH.\n"
+            f"    Without it: --c3d-weights none (frame and region features only, no clip features), "
+            f"--c3d-weights random (seeded random C3D, for offline tests: its clip features mean nothing), or "
+            f"--clip-model x3d_m (a Kinetics clip network that pytorchvideo downloads)")
 
 
 def build_settings(job: ExtractionJob) -> dict[str, Any]:
