@@ -20,6 +20,12 @@ from fcvc_pipeline.workdir import DEFAULT_WORKDIR
 
 ALL_MODELS = "all"  # `fcvc train --model all`: the ablation (stages/ablation.py)
 PRECISIONS = ("auto", "fp32", "bf16")
+# The settings `--resume` may raise on a run that exists (an extension); every other output field is fixed.
+SCHEDULE_FIELDS = ("epochs", "max_steps")
+# What one command does, not a setting of the run: not written to config.json, ignored in a config file.
+ACTION_FIELDS = ("resume", "force")
+# A flag's name where it differs from its field (both spellings are accepted as keys of a config file).
+FLAG_ALIASES = {"ema": "ema_decay"}
 
 
 @dataclass(frozen=True)
@@ -107,13 +113,6 @@ class TrainConfig:
             problems.append(p)
         return problems
 
-    def out_of_patience(self, completed_epochs: int, best_epoch: int | None) -> bool:
-        """Early stopping: ``patience`` epochs have passed without a better validation CIDEr."""
-        return best_epoch is not None and completed_epochs - best_epoch >= self.patience
-
-    def reached_max_steps(self, step: int) -> bool:
-        return self.max_steps is not None and step >= self.max_steps
-
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
         skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged"}
@@ -121,3 +120,22 @@ class TrainConfig:
         unset_is_absent = {"conv_mask"}
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in skip and not (k in unset_is_absent and v is None)}
+
+    def settings_json(self) -> dict[str, Any]:
+        """The ``train`` table of ``config.json``: every setting, JSON-ready (a config file again)."""
+        return {**{k: v for k, v in dataclasses.asdict(self).items() if k not in ACTION_FIELDS},
+                "workdir": str(self.workdir), "select_beams": list(self.select_beams)}
+
+
+# The fields with a flag of `fcvc train` (the others are set in a config file or from Python).
+FLAG_FIELDS = ("model", "run", "epochs", "max_steps", "batch_size", "lr", "seed", "patience", "checkpoint_every",
+               "d_model", "layers", "dropout", "conv_mask", "ema_decay", "label_smoothing", "select_beams",
+               "precision", "device", "resume", "skip_damaged", "force", "workdir")
+
+
+def option_name(field_name: str) -> str:
+    """How messages name a setting: its flag (``--max-steps``, ``--ema``), else its field (``warmup_steps``)."""
+    if field_name not in FLAG_FIELDS:
+        return field_name
+    flag = {v: k for k, v in FLAG_ALIASES.items()}.get(field_name, field_name)
+    return "--" + flag.replace("_", "-")

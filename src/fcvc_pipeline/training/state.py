@@ -46,20 +46,40 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
     best_cider: float | None = None
     best_epoch: int | None = None
+    # the run's schedule extensions (``fcvc train --resume`` with a larger --epochs/--max-steps), in order; each
+    # {"epoch", "step": where it happened, "changed": {setting: {"old", "new"}}, "total_steps": {"old", "new"}}
+    extensions: list[dict[str, Any]] = field(default_factory=list)
 
     # .. checkpoint layout ...................................................................................
     def to_checkpoint(self) -> dict[str, Any]:
         return {"position": {"epoch": self.epoch, "batch": self.batch, "step": self.step, "sums": dict(self.sums)},
                 "history": list(self.history), "best": {"cider": self.best_cider, "epoch": self.best_epoch},
-                "train_seconds": sum(h["seconds"] for h in self.history)}
+                "train_seconds": sum(h["seconds"] for h in self.history), "extensions": list(self.extensions)}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
         pos, best = ckpt["position"], ckpt["best"]
         return cls(epoch=int(pos["epoch"]), batch=int(pos["batch"]), step=int(pos["step"]), sums=dict(pos["sums"]),
-                   history=list(ckpt["history"]), best_cider=best["cider"], best_epoch=best["epoch"])
+                   history=list(ckpt["history"]), best_cider=best["cider"], best_epoch=best["epoch"],
+                   extensions=list(ckpt.get("extensions", [])))  # absent before extensions existed
 
     # .. derived ...............................................................................................
+    def schedule_changes(self) -> list[tuple[int, int]]:
+        """The extensions that changed the learning-rate schedule's total, as ``optim.learning_rate`` takes them."""
+        return [(e["step"], e["total_steps"]["new"]) for e in self.extensions
+                if e["total_steps"]["new"] != e["total_steps"]["old"]]
+
+    def initial_total_steps(self, current: int) -> int:
+        """The schedule's total before the first extension (``current`` when the run was never extended)."""
+        return self.extensions[0]["total_steps"]["old"] if self.extensions else current
+
+    def patience_start(self) -> int | None:
+        """The epoch early stopping counts from: the best epoch, or the last extension when that came later
+        (extending a run resets the patience counter). None without validation: no early stopping."""
+        if self.best_epoch is None:
+            return None
+        return max(self.best_epoch, self.extensions[-1]["epoch"] if self.extensions else 0)
+
     @property
     def seconds_per_epoch(self) -> float | None:
         return sum(h["seconds"] for h in self.history) / len(self.history) if self.history else None

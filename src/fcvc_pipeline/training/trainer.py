@@ -11,9 +11,13 @@ exponential moving average of the weights. After each epoch the averaged weights
 ``checkpoint_every`` steps), then ``metrics.jsonl``. When training ends, ``best.pt`` captions the
 validation split at each beam size of ``select_beams`` and keeps the best as the run's decoding.
 :meth:`Trainer.restore` puts back model, average, optimizer, RNG and the whole state, so an interrupted run
-ends with the same numbers as an uninterrupted one (bit for bit on CPU).
+ends with the same numbers as an uninterrupted one (bit for bit on CPU). :meth:`Trainer.extend` then lets a
+restored run train longer (a larger ``epochs``/``max_steps``): the extension is recorded in the state, the
+cosine decay is stretched from the current step to the new end (``optim.learning_rate``) and the patience
+counter restarts there.
 
-The stage (``stages/train.py``) decides whether a run is fresh, resumed or up to date; this module trains.
+The stage (``stages/train.py``) decides whether a run is fresh, resumed, extended or up to date; this module
+trains.
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_check
 from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
 from fcvc_pipeline.training.batches import Batch, CaptionSet, build_caption_set, count_batches, make_batches
-from fcvc_pipeline.training.config import TrainConfig
+from fcvc_pipeline.training.config import TrainConfig, option_name
 from fcvc_pipeline.training.distributed import Dist, barrier, broadcast_flag
 from fcvc_pipeline.training.losses import LossTerms, caption_loss
 from fcvc_pipeline.training.optim import WeightAverage, learning_rate
 from fcvc_pipeline.training.state import TrainState, accumulate, epoch_line, jsonl, means, zero_sums
 
 FAULT_ENV = "FCVC_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that optimizer step
+RESUME_HINT = "rerun the same command with --resume added; it continues exactly where this one stopped"
 
 
 @dataclass
@@ -88,42 +93,49 @@ def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureSto
 
 
 class Trainer:
-    """Trains one run. ``fit()`` = optional :meth:`restore`, :meth:`train_epoch` until done,
-    :meth:`choose_decoding`."""
+    """Trains one run: optional :meth:`restore` (and :meth:`extend`), then ``fit()`` = :meth:`train_epoch`
+    until done, :meth:`choose_decoding`.
+
+    ``settings``: what the run depends on (its manifest's key: stage, version, config, inputs), written into
+    last.pt so that the stage can tell what a later ``--resume`` changes; ``manifest_key`` is its fingerprint.
+    """
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, data: TrainData, run_dir: Path, *,
-                 dist: Dist, device: torch.device, manifest_key: str):
+                 dist: Dist, device: torch.device, manifest_key: str, settings: dict[str, Any] | None = None):
         self.cfg, self.model_cfg, self.data, self.run_dir = cfg, model_cfg, data, run_dir
-        self.dist, self.device, self.manifest_key = dist, device, manifest_key
+        self.dist, self.device, self.manifest_key, self.settings = dist, device, manifest_key, settings
         torch.manual_seed(cfg.seed)
         self.model: CaptionModel = build_model(model_cfg).to(device)
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.batches_per_epoch = count_batches(data.train_set, cfg.batch_size) // dist.world
-        self.total_steps = cfg.max_steps or cfg.epochs * max(1, self.batches_per_epoch)
+        self.total_steps = self.schedule_total(cfg.epochs, cfg.max_steps)
         self.state = TrainState()
+        self.restored = False
         self._stop_signal: list[int] = []  # filled by SIGTERM/SIGINT while fit() runs
         self.net: torch.nn.Module = self.model
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
+    def schedule_total(self, epochs: int, max_steps: int | None) -> int:
+        """The optimizer steps the learning-rate schedule spans for these settings."""
+        return max_steps or epochs * max(1, self.batches_per_epoch)
+
     # .. the run .............................................................................................
-    def fit(self, *, resume: bool) -> tuple[TrainState, DecodingOptions | None]:
-        """Train to the end (resuming from last.pt when asked); returns the final state and, on the main
-        rank, the decoding chosen on validation.
+    def fit(self) -> tuple[TrainState, DecodingOptions | None]:
+        """Train to the end (from the restored state, if :meth:`restore` was called); returns the final state
+        and, on the main rank, the decoding chosen on validation.
 
         SIGTERM (what cluster schedulers send before they kill) and SIGINT stop training after the current
         step: last.pt is written at that step and :class:`StoppedBySignal` says how to resume.
         """
         with _stop_on_signals() as stop_signal:
             self._stop_signal = stop_signal
-            return self._fit(resume=resume)
+            return self._fit()
 
-    def _fit(self, *, resume: bool) -> tuple[TrainState, DecodingOptions | None]:
-        if resume:
-            self.restore(load_checkpoint(self.run_dir / "last.pt"))
-        else:
+    def _fit(self) -> tuple[TrainState, DecodingOptions | None]:
+        if not self.restored:
             torch.manual_seed(self.cfg.seed + 1)  # dropout stream, independent of the initialisation
         if self.dist.enabled:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -136,14 +148,16 @@ class Trainer:
         stop = (self.state.batch == 0 and self.out_of_patience()) or self.reached_max_steps()
         while self.state.epoch < self.cfg.epochs and not stop:
             stop = self.train_epoch()
+        self.check_stop_signal()  # one that came during the last validation: last.pt is already written
         decoding = self.choose_decoding() if self.dist.main else None
         barrier(self.dist)
         return self.state, decoding
 
     def out_of_patience(self) -> bool:
-        """Early stopping: ``patience`` epochs have passed without a better validation CIDEr."""
-        s = self.state
-        return s.best_epoch is not None and s.epoch - s.best_epoch >= self.cfg.patience
+        """Early stopping: ``patience`` epochs have passed without a better validation CIDEr (counted from
+        the last extension when that came later)."""
+        start = self.state.patience_start()
+        return start is not None and self.state.epoch - start >= self.cfg.patience
 
     def reached_max_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
@@ -151,8 +165,11 @@ class Trainer:
     # .. one step, one epoch ...................................................................................
     def train_step(self, b: Batch) -> LossTerms:
         cfg, dev = self.cfg, self.device
+        s = self.state
+        lr = learning_rate(s.step, base=cfg.lr, warmup=cfg.warmup_steps, total=s.initial_total_steps(self.total_steps),
+                           changes=s.schedule_changes())
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.state.step, base=cfg.lr, warmup=cfg.warmup_steps, total=self.total_steps)
+            group["lr"] = lr
         videos = self.data.bank.batch(b.video_rows).to(dev)
         with self.autocast:
             out = self.net(videos, b.inputs.to(dev), b.video_index.to(dev))
@@ -220,7 +237,8 @@ class Trainer:
         """The resume state after ``batch`` batches of epoch ``epoch`` (``elapsed``: its training seconds)."""
         s = self.state
         return TrainState(epoch=epoch, batch=batch, step=s.step, sums={**s.sums, "seconds_before": elapsed},
-                          history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch)
+                          history=s.history, best_cider=s.best_cider, best_epoch=s.best_epoch,
+                          extensions=s.extensions)
 
     def stop_here(self, epoch: int, batch: int, elapsed: float) -> None:
         """A stop signal arrived: write last.pt at the current step (main rank), then raise StoppedBySignal."""
@@ -230,7 +248,16 @@ class Trainer:
         name = signal.Signals(signum).name
         raise StoppedBySignal(signum, f"{name}: training of '{self.cfg.run_name}' stopped at epoch {epoch + 1}, "
                                       f"batch {batch}, step {s.step}; {self.run_dir / 'last.pt'} keeps it",
-                              hint="continue exactly where it stopped with the same command and --resume")
+                              hint=RESUME_HINT)
+
+    def check_stop_signal(self) -> None:
+        """Between training and choosing the decoding (last.pt is written at the end of each epoch): a stop
+        signal ends the run here; --resume goes straight to choosing the decoding."""
+        if self._stop_signal:
+            signum, s = self._stop_signal[0], self.state
+            raise StoppedBySignal(signum, f"{signal.Signals(signum).name}: training of '{self.cfg.run_name}' stopped "
+                                          f"after epoch {s.epoch}, step {s.step}, before choosing the beam size; "
+                                          f"{self.run_dir / 'last.pt'} keeps it", hint=RESUME_HINT)
 
     def end_of_epoch(self, record: dict[str, Any]) -> bool:
         """Validate, keep best.pt, write last.pt and metrics.jsonl (main rank). True: out of patience."""
@@ -286,6 +313,7 @@ class Trainer:
             model = model_from_checkpoint(ckpt, best_path, self.device)
             ciders: dict[str, float] = {}
             for beam in sorted(set(self.cfg.select_beams)):
+                self.check_stop_signal()
                 options = DecodingOptions(beam_size=beam, max_len=d.vocab.max_len)
                 _, scores = caption_and_score(model, d.bank, d.vocab, d.val_refs, options, metrics=("cider",),
                                               device=self.device)
@@ -313,7 +341,7 @@ class Trainer:
                    "rng": {"torch": torch.get_rng_state(),
                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         if position is not None:
-            payload.update(state_dict=self.model.state_dict(),
+            payload.update(settings=self.settings, state_dict=self.model.state_dict(),
                            ema_state_dict=self.ema.model.state_dict() if self.ema is not None else None,
                            optimizer=self.optimizer.state_dict(), **position.to_checkpoint())
         else:
@@ -324,10 +352,8 @@ class Trainer:
         save_checkpoint(path, payload)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a last.pt written with the same settings and data."""
-        if ckpt.get("manifest_key") != self.manifest_key:
-            raise MismatchError(f"{self.run_dir / 'last.pt'} was written with other settings or data",
-                                hint="resume with the original options, or --force to start over")
+        """Continue from a last.pt (the stage has checked that it was written with these settings and data,
+        or with a schedule that :meth:`extend` then lengthens)."""
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.ema is not None:
@@ -336,9 +362,29 @@ class Trainer:
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.state = TrainState.from_checkpoint(ckpt)
+        self.restored = True
         if self.dist.main:
             s = self.state
             progress.log(f"resuming '{self.cfg.run_name}' at epoch {s.epoch + 1}, batch {s.batch}, step {s.step}")
+
+    def extend(self, changed: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+        """Record an extension of the restored run (``changed``: setting -> (old, new), epochs/max_steps
+        grown) at its current position; returns the record. From here the schedule's decay is stretched to
+        the new total and early stopping counts its patience afresh."""
+        s, old = self.state, {k: v[0] for k, v in changed.items()}
+        old_total = self.schedule_total(old.get("epochs", self.cfg.epochs), old.get("max_steps", self.cfg.max_steps))
+        if s.extensions:  # the total in force is the one the last extension set
+            old_total = s.extensions[-1]["total_steps"]["new"]
+        record = {"epoch": s.epoch, "batch": s.batch, "step": s.step,
+                  "changed": {k: {"old": a, "new": b} for k, (a, b) in changed.items()},
+                  "total_steps": {"old": old_total, "new": self.total_steps}}
+        s.extensions.append(record)
+        if self.dist.main:
+            where = f"after epoch {s.epoch}" if not s.batch else f"in epoch {s.epoch + 1} at batch {s.batch}"
+            progress.log(f"extending '{self.cfg.run_name}' {where} (step {s.step}): "
+                         + ", ".join(f"{option_name(k)} {a} -> {b}" for k, (a, b) in changed.items())
+                         + f"; the schedule now spans {self.total_steps} steps (was {old_total})")
+        return record
 
 
 @contextlib.contextmanager
