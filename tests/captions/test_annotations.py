@@ -362,3 +362,80 @@ def test_path_like_ids_are_kept_as_keys_and_reported(tmp_path):
     ann = load_annotations(p)
     assert set(ann.splits) == {"../../etc/passwd", "clips/a.mp4", "plain_id"}
     assert ann.unsafe_ids == ["../../etc/passwd", "clips/a.mp4"]
+
+
+# -- errors that name the right cause ------------------------------------------------------------------------
+
+def test_an_unknown_header_is_named_not_read_as_data(tmp_path):
+    p = write(tmp_path / "h.csv", "name,text,foo\nvid1,a dog runs,x\nvid2,a cat sits,y\n")
+    for fmt in ("auto", "csv"):
+        with pytest.raises(InputError) as e:
+            load_annotations(p, fmt)
+        assert e.value.line == 1 and "line 1 reads as a header (columns: name, text, foo)" in e.value.reason
+        assert "has no video id column" in e.value.reason and "unknown: name, foo" in e.value.reason
+        assert "video_id (or videoid, video, vid, id)" in e.value.reason and "unknown split" not in str(e.value)
+        assert "video_id,caption,split" in e.value.hint
+    # no known name at all, but a first cell unlike the ids below it: still a header
+    with pytest.raises(InputError, match="has no video id column and no caption column"):
+        load_annotations(write(tmp_path / "h2.csv", "clip,words\nclip001,a dog runs\nclip002,a cat\n"))
+    # header names are matched whatever their case, spaces or dashes
+    ann = load_annotations(write(tmp_path / "k.csv", "Video ID,Sentence,Split\nv1,a dog,train\n"))
+    assert ann.splits == {"v1": "train"} and ann.captions[0].caption == "a dog"
+
+
+def test_data_in_the_first_row_stays_data(tmp_path):
+    ann = load_annotations(write(tmp_path / "d.csv", "v1,running,train\nv2,a cat sits,test\n"))
+    assert [c.caption for c in ann.captions] == ["running", "a cat sits"]  # 'train' is a split: data
+    two = write(tmp_path / "two.csv", "v1,running\nv2,a cat sits\n")  # ids shaped like the first one: data
+    ann = load_annotations(two, split_file=write(tmp_path / "s.txt", "v1 train\nv2 test\n"))
+    assert [c.video_id for c in ann.captions] == ["v1", "v2"]
+
+
+def test_a_json_array_of_jsonl_objects_is_read_as_jsonl(tmp_path):
+    items = [{"video_id": "v1", "caption": "a dog", "split": "train"}, {"video_id": 2, "caption": "a cat", "split": "test"}]
+    p = write(tmp_path / "a.json", json.dumps(items, indent=1))
+    for fmt in ("auto", "jsonl"):
+        ann = load_annotations(p, fmt)
+        assert ann.format == "jsonl" and ann.splits == {"v1": "train", "2": "test"}
+        assert [c.caption for c in ann.captions] == ["a dog", "a cat"]
+    bad = write(tmp_path / "b.json", '[\n {"video_id": "v1", "caption": "x", "split": "train"},\n {"video": "v2"}\n]\n')
+    with pytest.raises(InputError, match=r"b.json:3: each object needs 'video_id' and 'caption'"):
+        load_annotations(bad, "jsonl")
+    with pytest.raises(InputError, match=r"found a JSON list of objects with keys \['caption', 'split', 'video'"):
+        load_annotations(bad)
+    with pytest.raises(InputError, match=r"c.json:2: invalid JSON"):
+        load_annotations(write(tmp_path / "c.json", '[{"video_id": "v1", "caption": "x"}\n {"video_id": "v2"}]'), "jsonl")
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name, content, what", [
+    ("frame.png", None, "a PNG image"),
+    ("clip.mp4", b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\x00\x00\x00\x08free", "an MP4/MOV video"),
+    ("clip.avi", b"RIFF\x24\x00\x00\x00AVI LIST\x00\x00\x00\x00", "an AVI video"),
+    ("clip.mkv", b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "a Matroska/WebM video"),
+    ("blob.bin", b"captions?\x00\x01\x02\xff\xfe\x00", "a binary file (it holds NUL bytes)"),
+], ids=["png", "mp4", "avi", "mkv", "nul-bytes"])
+def test_binary_files_are_named_for_what_they_are(tmp_path, name, content, what):
+    p = _png(tmp_path / name) if content is None else tmp_path / name
+    if content is not None:
+        p.write_bytes(content)
+    for fmt in ("auto", "csv", "jsonl"):
+        with pytest.raises(InputError) as e:
+            load_annotations(p, fmt)
+        assert e.value.reason == f"this is {what}, not an annotation file"
+        assert "iconv" not in str(e.value) and "`fcvc extract`" in e.value.hint
+
+
+def test_utf16_text_is_told_to_convert(tmp_path):
+    for encoding in ("utf-16", "utf-16-le"):  # with and without a byte-order mark
+        p = tmp_path / f"{encoding}.csv"
+        p.write_bytes("video_id,caption,split\nv1,a dog,train\n".encode(encoding))
+        with pytest.raises(InputError) as e:
+            load_annotations(p)
+        assert "UTF-16" in e.value.reason and "must be UTF-8" in e.value.reason and "iconv -f utf-16" in e.value.hint

@@ -12,10 +12,15 @@ Formats (``--format``):
   and extension when one is given, else by its id.
 - ``csv``: ``video_id,caption[,split]`` with a header row (``video``/``id`` and ``sentence``/``text``
   are accepted as column names) or without one (2 or 3 columns by position); tab-separated works too.
-- ``jsonl``: one JSON object per line with ``video_id``, ``caption`` and optionally ``split``.
+  A first row of column-like names (no split name among them, and either a known column name or a first
+  cell unlike the ids below it) is a header: when it lacks a video id or caption column, the error says so
+  and lists the known column names, instead of reading the names as data.
+- ``jsonl``: one JSON object per line with ``video_id``, ``caption`` and optionally ``split``; a JSON
+  array of the same objects is read the same way.
 
 ``auto`` looks at the content: JSON objects are told apart by their keys, CSV files by their header;
-when nothing fits, the error lists each format tried and why it did not fit.
+when nothing fits, the error lists each format tried and why it did not fit. A binary file (a video, an
+image, an archive: told by its first bytes or a NUL byte) is refused as what it is, before any decoding.
 
 Video ids are untrusted. An id is stripped of surrounding whitespace; an empty id, or one holding a
 control character (newline, NUL, ...), is refused with an error naming the file and line or position.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import re
 import sys
@@ -176,12 +182,58 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
                 yield start, row
 
 
+def _column_name(cell: str) -> str:
+    """'Video ID' -> 'video_id': how a header cell is compared with the names fcvc knows."""
+    return re.sub(r"[\s\-]+", "_", cell.strip().lower())
+
+
 def _header_index(header: list[str], names: tuple[str, ...]) -> int | None:
-    low = [h.strip().lower() for h in header]
+    low = [_column_name(h) for h in header]
     for name in names:
         if name in low:
             return low.index(name)
     return None
+
+
+_KNOWN_COLUMNS = (*_VIDEO_COLS, *_CAPTION_COLS, "split")
+_NAME_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*(?: [A-Za-z0-9_.\-]+){0,2}")  # up to three words
+_KNOWN_COLUMNS_TEXT = ("video_id (or videoid, video, vid, id), caption (or sentence, description, text) and, "
+                       "optionally, split")
+
+
+def _shape(cell: str) -> tuple[bool, bool]:
+    return any(ch.isdigit() for ch in cell), any(ch.isspace() for ch in cell.strip())
+
+
+def _reads_as_header(header: list[str], body: list[list[str]]) -> bool:
+    """The first row names columns: every cell is a short name (no split name, not a number), and one of
+    them is a column fcvc knows or the first cell looks unlike the video ids of the rows below it."""
+    cells = [c.strip() for c in header]
+    if not cells or not all(c and len(c) <= 40 and _NAME_LIKE.fullmatch(c) and normalize_split(c) is None
+                            for c in cells):
+        return False
+    if any(_column_name(c) in _KNOWN_COLUMNS for c in cells):
+        return True
+    ids = [row[0].strip() for row in body[:50] if row and row[0].strip()]
+    if not ids:
+        return False
+    shapes = Counter(_shape(v) for v in ids)
+    return _shape(cells[0]) != shapes.most_common(1)[0][0]
+
+
+def _header_problem(header: list[str]) -> str | None:
+    """Why a header row cannot be read as ``csv`` (None: it names a video id and a caption column)."""
+    vi, ci = _header_index(header, _VIDEO_COLS), _header_index(header, _CAPTION_COLS)
+    if vi is not None and ci is not None:
+        return None
+    lacks = " and no ".join(n for n, i in (("video id column", vi), ("caption column", ci)) if i is None)
+    unknown = [c.strip() for c in header if _column_name(c) not in _KNOWN_COLUMNS]
+    return (f"line 1 reads as a header (columns: {', '.join(c.strip() for c in header)}) but has no {lacks}; "
+            f"the columns fcvc knows are {_KNOWN_COLUMNS_TEXT}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+
+
+_HEADER_HINT = "rename the columns in line 1 (e.g. video_id,caption,split), or delete line 1 if it is data"
 
 
 def _clip_bound(value: str) -> str:
@@ -230,6 +282,8 @@ def _read_plain_csv(path: Path, text: str, col: _Collector) -> None:
     if vi is not None and ci is not None:
         si = _header_index(header, ("split",))
         width, body = len(header), rows[1:]
+    elif _reads_as_header(header, [r for _, r in rows[1:]]):
+        raise InputError(path, _header_problem(header) or "unreadable header", line=1, hint=_HEADER_HINT)
     else:  # no header: video_id, caption[, split] by position
         width = len(header)
         if width not in (2, 3):
@@ -260,17 +314,48 @@ def _pick(entry: dict, names: tuple[str, ...]) -> Any:
     return None
 
 
-def _read_jsonl(path: Path, text: str, col: _Collector) -> None:
-    any_row = False
+def _json_array_items(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, item) of each element of a top-level JSON array, decoded one by one so errors name a line."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+    i = ws.match(text, text.index("[") + 1).end()
+    if text.startswith("]", i):
+        return
+    while True:
+        try:
+            item, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise _json_error(path, e) from None
+        yield text.count("\n", 0, i) + 1, item
+        i = ws.match(text, end).end()
+        if text.startswith("]", i):
+            return
+        if not text.startswith(",", i):
+            line = text.count("\n", 0, i) + 1
+            raise InputError(path, f"invalid JSON: expected ',' or ']' after an array element "
+                                   f"(column {i - text.rfind(chr(10), 0, i)})", line=line)
+        i = ws.match(text, i + 1).end()
+
+
+def _jsonl_items(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, object) of a JSON-lines file, or of a JSON array of the same objects."""
+    if text.lstrip().startswith("["):
+        yield from _json_array_items(path, text)
+        return
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            yield line, json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=line) from None
+
+
+def _read_jsonl(path: Path, text: str, col: _Collector) -> None:
+    any_row = False
+    for line, obj in _jsonl_items(path, text):
         if not isinstance(obj, dict):
-            raise InputError(path, "each line must be a JSON object", line=line)
+            raise InputError(path, "each line (or array element) must be a JSON object", line=line)
         vid_raw, cap = _pick(obj, _VIDEO_COLS), _pick(obj, _CAPTION_COLS)
         if vid_raw is None or not any(k in obj for k in _CAPTION_COLS):
             raise InputError(path, "each object needs 'video_id' and 'caption'", line=line)
@@ -370,6 +455,10 @@ def _first_line_object(text: str) -> bool:
     return False
 
 
+def _caption_object(obj: Any) -> bool:
+    return isinstance(obj, dict) and any(k in obj for k in _VIDEO_COLS) and any(k in obj for k in _CAPTION_COLS)
+
+
 def detect_format(path: str | Path, text: str) -> tuple[str, Any]:
     """(format, parsed JSON or None) from the content; the error lists the formats tried and why."""
     path = Path(path)
@@ -388,27 +477,110 @@ def detect_format(path: str | Path, text: str) -> tuple[str, Any]:
                 return "msrvtt-json", obj
             if "annotations" in obj:
                 return "coco-json", obj
-            if any(k in obj for k in _VIDEO_COLS) and any(k in obj for k in _CAPTION_COLS):
+            if _caption_object(obj):
                 return "jsonl", None  # a JSON-lines file with a single line
-        found = f"keys {sorted(obj)[:8]}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
+        if isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
+            if all(_caption_object(o) for o in obj):
+                return "jsonl", None  # a JSON array of the objects JSONL holds
+            keys = sorted({k for o in obj for k in o})
+            found = f"a JSON list of objects with keys {keys[:8]}"
+        else:
+            found = f"keys {sorted(obj)[:8]}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
         raise InputError(path, "JSON, but not a caption format fcvc knows. Tried: msrvtt-json (needs 'videos' and "
                                "'sentences'), coco-json (needs 'annotations'), jsonl (objects with 'video_id' and "
-                               f"'caption', one per line); found {found}",
+                               f"'caption', one per line or in a JSON array); found {found}",
                          hint="pass --format explicitly, or convert to JSONL of {video_id, caption, split}")
+    rows = _csv_rows(path, text)
     try:
-        _, header = next(_csv_rows(path, text))
+        _, header = next(rows)
     except StopIteration:
         raise InputError(path, "the file is empty") from None
     if all(_header_index(header, (c,)) is not None for c in _MSVD_COLS):
         return "msvd-csv", None
     if _header_index(header, _VIDEO_COLS) is not None and _header_index(header, _CAPTION_COLS) is not None:
         return "csv", None
+    body = [row for _, row in itertools.islice(rows, 50)]
+    if _reads_as_header(header, body):
+        raise InputError(path, f"{_header_problem(header)} (tried msvd-csv, whose header needs "
+                               f"{', '.join(_MSVD_COLS)}, and csv)", line=1, hint=_HEADER_HINT)
     if len(header) in (2, 3):
         return "csv", None  # headerless video_id, caption[, split]
     raise InputError(path, "unrecognised annotation file. Tried: msrvtt-json / coco-json / jsonl (the file is not "
                            f"JSON), msvd-csv (header lacks {', '.join(_MSVD_COLS)}), csv (no video_id and caption "
                            f"columns, and {len(header)} fields instead of 2-3)", line=1,
                      hint="pass --format explicitly, or see `fcvc vocab --help` for the accepted formats")
+
+
+# -- binary files ----------------------------------------------------------------------------------
+
+_MEDIA_HINT = ("give fcvc vocab the captions file (CSV, JSONL, MSR-VTT or COCO JSON; see `fcvc vocab --help`); "
+               "videos go to `fcvc extract`")
+# (offset, magic bytes, what the file is); checked in order
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF87a", "a GIF image"),
+    (0, b"GIF89a", "a GIF image"),
+    (4, b"ftyp", "an MP4/MOV video"),
+    (0, b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
+    (0, b"FLV", "an FLV video"),
+    (0, b"\x00\x00\x01\xba", "an MPEG video"),
+    (0, b"\x00\x00\x01\xb3", "an MPEG video"),
+    (0, b"OggS", "an Ogg media file"),
+    (0, b"%PDF-", "a PDF document"),
+    (0, b"PK\x03\x04", "a zip archive (e.g. an Excel .xlsx workbook or a PyTorch checkpoint)"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office document (e.g. an Excel .xls workbook)"),
+    (0, b"\x1f\x8b", "gzip-compressed"),
+    (0, b"BZh", "bzip2-compressed"),
+    (0, b"\xfd7zXZ\x00", "xz-compressed"),
+    (0, b"\x28\xb5\x2f\xfd", "Zstandard-compressed"),
+    (0, b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (0, b"\x93NUMPY", "a NumPy array file"),
+)
+_RIFF = {b"AVI ": "an AVI video", b"WEBP": "a WebP image", b"WAVE": "a WAV audio file"}
+
+
+def binary_kind(head: bytes) -> tuple[str, str] | None:
+    """(why the file cannot be annotations, what to do) when its first bytes show it is not UTF-8 text
+    (a video, an image, an archive, UTF-16 text, other binary data), else None."""
+    if head[:4] == b"RIFF" and head[8:12] in _RIFF:
+        return f"this is {_RIFF[head[8:12]]}, not an annotation file", _MEDIA_HINT
+    for offset, magic, what in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            if what.endswith("-compressed"):
+                return (f"the file is {what}", "decompress it first (e.g. `gunzip`, `bunzip2`, `unxz`, `unzstd`) "
+                                               "and give fcvc vocab the text file")
+            if what.startswith(("a zip", "an old Office")):
+                return f"this is {what}, not an annotation file", "export the captions as CSV (UTF-8) first"
+            return f"this is {what}, not an annotation file", _MEDIA_HINT
+    utf16 = "convert it to UTF-8 first, e.g. `iconv -f utf-16 -t utf-8 FILE > FILE.utf8`"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "the file is UTF-16 text; annotation files must be UTF-8", utf16
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "this is a Python pickle, not an annotation file (it was not unpickled)", _MEDIA_HINT
+    if b"\x00" in head:
+        even, odd = head[0::2], head[1::2]
+        for zeros, text in ((odd, even), (even, odd)):  # ASCII as UTF-16: every other byte NUL
+            if len(head) >= 4 and zeros.count(0) > 0.9 * len(zeros) and text.count(0) < 0.1 * len(text):
+                return "the file looks like UTF-16 text without a byte-order mark; annotation files must be UTF-8", utf16
+        return "this is a binary file (it holds NUL bytes), not an annotation file", _MEDIA_HINT
+    return None
+
+
+def _refuse_binary(path: Path) -> None:
+    """A regular file whose first bytes show a video, an image, an archive or other binary data is refused as
+    that, not decoded as text (a pipe is left alone: reading its head would consume it)."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError:
+        return  # read_text names the problem
+    found = binary_kind(head)
+    if found is not None:
+        reason, hint = found
+        raise InputError(path, reason, hint=hint)
 
 
 # -- splits ----------------------------------------------------------------------------------------
@@ -453,6 +625,7 @@ def load_annotations(path: str | Path, fmt: str = "auto", split_file: str | Path
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose auto or one of {', '.join(FORMATS)}")
     spec = read_split_file(split_file) if split_file is not None else None
+    _refuse_binary(path)
     text = read_text(path)
     obj = None
     if fmt == "auto":
