@@ -1,11 +1,35 @@
+"""The command line as a whole: exit codes, and with --json exactly one JSON document on stdout whatever ends
+the command (usage errors, stage errors, bugs, Ctrl-C)."""
+
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from fcvc_pipeline.cli import main
-from fcvc_pipeline.commands.common import run_and_exit
-from fcvc_pipeline.errors import ConfigError
+from fcvc_pipeline.cli import COMMANDS, main
+from fcvc_pipeline.commands.common import LazyGroup, run_and_exit
+from fcvc_pipeline.errors import ConfigError, StoppedBySignal
+
+SCRIPT = Path(sys.executable).with_name("fcvc")  # the console script, beside the interpreter
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FCVC_WORKDIR", "_FCVC_COMPLETE", "COMP_"))}
+    return {**env, "OMP_NUM_THREADS": "1", "FCVC_PROGRESS": "0", **extra}
+
+
+def _run(cmd: list[str], **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(**extra), timeout=120)
+
+
+def _one_document(stdout: str) -> dict:
+    return json.loads(stdout)  # json.loads refuses anything after the document
 
 
 def test_help_lists_commands():
@@ -23,7 +47,9 @@ def test_expected_error_exit_code_2_without_traceback(capsys):
     assert e.value.code == 2
     out, err = capsys.readouterr()
     assert "first problem" in err and "second problem" in err and "Traceback" not in err
-    assert json.loads(out)["exit_code"] == 2
+    doc = _one_document(out)
+    assert doc["exit_code"] == 2 and doc["error"]["kind"] == "config" and doc["message"] == doc["error"]["message"]
+    assert doc["error"]["problems"] == ["first problem", "second problem"] and doc["error"]["hint"] is None
 
 
 def test_bug_exit_code_3(capsys):
@@ -33,4 +59,113 @@ def test_bug_exit_code_3(capsys):
     with pytest.raises(SystemExit) as e:
         run_and_exit(bug, json_out=False, verbose=False)
     assert e.value.code == 3
-    assert "rerun with -v" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "rerun with -v" in err and out == ""
+
+
+def test_a_stopped_stage_is_an_interrupted_document(capsys):
+    def stopped():
+        raise StoppedBySignal(signal.SIGTERM, "SIGTERM: stopped after 3 videos", hint="rerun to continue")
+
+    with pytest.raises(SystemExit) as e:
+        run_and_exit(stopped, json_out=True, verbose=False)
+    assert e.value.code == 143
+    doc = _one_document(capsys.readouterr().out)
+    assert doc["error"] == {"kind": "interrupted", "message": "SIGTERM: stopped after 3 videos",
+                            "hint": "rerun to continue", "signal": "SIGTERM"} and doc["exit_code"] == 143
+
+
+# -- --json: one document, whatever ends the command ------------------------------------------------------
+@pytest.mark.parametrize("launcher", ["script", "module"])
+def test_a_usage_error_with_json_prints_a_usage_document(launcher):
+    cmd = [str(SCRIPT)] if launcher == "script" else [sys.executable, "-m", "fcvc_pipeline"]
+    proc = _run(cmd + ["train", "--json", "--no-such-option"])
+    assert proc.returncode == 2, proc.stderr
+    doc = _one_document(proc.stdout)
+    assert doc["exit_code"] == 2 and doc["error"]["kind"] == "usage"
+    assert "--no-such-option" in doc["error"]["message"] and doc["error"]["hint"].endswith(" train --help`")
+    assert "No such option" in proc.stderr and " train [OPTIONS]" in proc.stderr  # Click's own message stays
+
+
+def test_a_missing_argument_with_json_prints_a_usage_document():
+    proc = _run([str(SCRIPT), "vocab", "--json"])
+    assert proc.returncode == 2
+    doc = _one_document(proc.stdout)
+    assert doc["error"]["kind"] == "usage" and "Missing argument 'ANNOTATIONS'" in doc["error"]["message"]
+    without = _run([str(SCRIPT), "vocab"])  # without --json stdout stays empty, the exit code is the same
+    assert without.returncode == 2 and without.stdout == ""
+
+
+def test_a_bug_outside_the_stage_is_exit_3_with_a_document(monkeypatch):
+    monkeypatch.setitem(COMMANDS, "vocab", "fcvc_pipeline.commands.vocab:no_such_command")  # AttributeError
+    res = CliRunner().invoke(main, ["vocab", "ann.csv", "--json"])
+    assert res.exit_code == 3
+    doc = _one_document(res.stdout)
+    assert doc["error"]["kind"] == "internal" and "AttributeError" in doc["error"]["message"]
+    assert "rerun with -v" in res.stderr
+    verbose = CliRunner().invoke(main, ["vocab", "ann.csv", "--json", "-v"])
+    assert verbose.exit_code == 3 and "Traceback" in verbose.stderr
+
+
+def test_a_bug_inside_the_stage_is_exit_3_with_a_document(monkeypatch, tmp_path):
+    import fcvc_pipeline.stages.vocab as stage
+
+    def broken(cfg):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(stage, "run_vocab", broken)
+    res = CliRunner().invoke(main, ["vocab", "ann.csv", "--workdir", str(tmp_path), "--json"])
+    assert res.exit_code == 3
+    doc = _one_document(res.stdout)
+    assert doc["error"]["kind"] == "internal" and "KeyError" in doc["message"]
+
+
+def test_ctrl_c_before_the_stage_is_exit_130_with_a_document(monkeypatch):
+    def interrupted(self, ctx, name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LazyGroup, "get_command", interrupted)
+    res = CliRunner().invoke(main, ["vocab", "ann.csv", "--json"])
+    assert res.exit_code == 130
+    doc = _one_document(res.stdout)
+    assert doc["error"]["kind"] == "interrupted" and doc["error"]["signal"] == "SIGINT"
+    assert "interrupted" in res.stderr and "Aborted!" not in res.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_sigint_to_a_running_command_prints_the_interrupted_document(tmp_path):
+    """Ctrl-C while `fcvc vocab` waits on a pipe (`--split-file <(slow producer)`): exit 130, one document."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("video_id,caption,split\nv1,a dog runs,train\nv2,a cat sits,test\n", encoding="utf-8")
+    fifo = tmp_path / "splits.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(SCRIPT), "vocab", str(ann), "--split-file", str(fifo), "--workdir",
+                             str(tmp_path / "w"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env())
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None and proc.poll() is None and time.monotonic() < deadline:
+            try:  # succeeds once the command has the pipe open for reading: it is now waiting on it
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.02)
+        assert writer is not None, f"the command never read the pipe (exit {proc.poll()})"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    doc = _one_document(out)
+    assert doc["exit_code"] == 130 and doc["error"]["kind"] == "interrupted" and doc["error"]["signal"] == "SIGINT"
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_help_and_version_are_not_errors():
+    assert CliRunner().invoke(main, ["vocab", "--help", "--json"]).exit_code == 0
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0 and "fcvc" in res.output

@@ -16,7 +16,18 @@ from click.testing import CliRunner
 from fcvc_pipeline.artifacts import atomic_write_json
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.commands.common import run_and_exit
-from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_USAGE, FilesystemError, filesystem_error
+from fcvc_pipeline.errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    ConfigError,
+    FcvcError,
+    FilesystemError,
+    InputError,
+    MismatchError,
+    MissingArtifactError,
+    StoppedBySignal,
+    filesystem_error,
+)
 from tests.fs_faults import inject_errno, is_root, read_only, small_disk
 
 
@@ -38,9 +49,11 @@ def _fcvc(*args: str) -> subprocess.CompletedProcess:
 def _assert_refused(code: int, stdout: str, stderr: str, path: Path, reason: str) -> None:
     assert code == EXIT_USAGE, stderr
     doc = json.loads(stdout)
-    assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == EXIT_USAGE
-    assert str(path) in doc["error"] and reason in doc["error"]
-    assert f"error: {doc['error']}" in stderr and "hint:" in stderr
+    assert set(doc) == {"error", "message", "exit_code"} and doc["exit_code"] == EXIT_USAGE
+    error = doc["error"]
+    assert error["kind"] == "filesystem" and error["message"] == doc["message"] and error["hint"]
+    assert str(path) in error["message"] and reason in error["message"] and error["path"].startswith(str(path))
+    assert f"error: {doc['message']}" in stderr and f"hint: {error['hint']}" in stderr
     assert "internal error" not in stderr and "Traceback" not in stderr
 
 
@@ -74,7 +87,19 @@ def test_a_bug_with_json_prints_an_error_document(capsys):
         run_and_exit(bug, json_out=True, verbose=False)
     assert e.value.code == EXIT_INTERNAL
     doc = json.loads(capsys.readouterr().out)
-    assert doc["exit_code"] == EXIT_INTERNAL and "KeyError" in doc["error"]
+    assert doc["exit_code"] == EXIT_INTERNAL and doc["error"]["kind"] == "internal" and "KeyError" in doc["message"]
+    assert "rerun with -v" in doc["error"]["hint"]
+
+
+def test_every_expected_error_names_its_kind():
+    assert [e.to_json()["kind"] for e in (
+        ConfigError("c"), InputError("f.csv", "bad", line=3), MissingArtifactError("m"), MismatchError("x"),
+        FilesystemError.from_oserror(OSError(errno.ENOSPC, "full", "/d/f")), StoppedBySignal(2, "s"), FcvcError("e"),
+    )] == ["config", "input", "missing", "mismatch", "filesystem", "interrupted", "error"]
+    assert InputError("f.csv", "bad", line=3).to_json() == {"kind": "input", "message": "f.csv:3: bad", "hint": None,
+                                                           "path": "f.csv", "line": 3}
+    assert FilesystemError.from_oserror(OSError(errno.ENOSPC, "full", "/d/f")).to_json()["errno"] == "ENOSPC"
+    assert StoppedBySignal(2, "s").to_json()["signal"] == "SIGINT" and StoppedBySignal(2, "s").exit_code == 130
 
 
 # -- the write site names the artifact --------------------------------------------------------------------
@@ -143,7 +168,7 @@ def test_vocab_on_a_full_disk_is_exit_2_naming_the_file(tmp_path, monkeypatch):
         code, out, err = res.exit_code, res.stdout, res.stderr
         left = sorted(p.name for p in (workdir / "vocab").iterdir())
     _assert_refused(code, out, err, workdir / "vocab", os.strerror(errno.ENOSPC))
-    message = json.loads(out)["error"]
+    message = json.loads(out)["error"]["message"]
     assert message.split(":")[0] in {str(workdir / "vocab" / n) for n in ("vocab.json", "captions.jsonl")}
     assert "free space" in err
     assert not [n for n in left if n.endswith(".tmp")] and "manifest.json" not in left

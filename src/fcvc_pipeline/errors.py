@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from pathlib import Path
+from typing import Any
 
 # Exit codes shared by every command (README: "Shared conventions").
 EXIT_OK = 0
 EXIT_ITEM_FAILURES = 1  # the stage finished but some items (videos, files) failed; they are listed
 EXIT_USAGE = 2  # bad usage, configuration or input: nothing (more) was done
 EXIT_INTERNAL = 3  # an unexpected exception: a bug, shown with -v
+EXIT_SIGINT = 130  # stopped by Ctrl-C (SIGINT): 128 + the signal, as shells report it (SIGTERM: 143)
 
 
 class FcvcError(Exception):
-    """An expected error with a message a person can act on."""
+    """An expected error with a message a person can act on.
+
+    ``kind`` names the class of problem in ``--json`` error documents (README: "Shared conventions"):
+    config, input, missing, mismatch, filesystem, interrupted, or ``error`` for any other expected error.
+    """
 
     exit_code = EXIT_USAGE
+    kind = "error"
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
@@ -31,9 +39,15 @@ class FcvcError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
+    def to_json(self) -> dict[str, Any]:
+        """The ``error`` object of a ``--json`` error document: kind, message, hint (+ what a subclass knows)."""
+        return {"kind": self.kind, "message": self.message, "hint": self.hint}
+
 
 class ConfigError(FcvcError):
     """One or more configuration problems, reported together."""
+
+    kind = "config"
 
     def __init__(self, problems: list[str] | str, *, hint: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -43,9 +57,14 @@ class ConfigError(FcvcError):
             message = "invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message, hint=hint)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "problems": list(self.problems)}
+
 
 class InputError(FcvcError):
     """A bad input file: names the file and, where known, the line or position."""
+
+    kind = "input"
 
     def __init__(self, path: str | Path, reason: str, *, line: int | None = None, hint: str | None = None):
         self.path = str(path)
@@ -54,13 +73,20 @@ class InputError(FcvcError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}", hint=hint)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "path": self.path, "line": self.line}
+
 
 class MissingArtifactError(FcvcError):
     """A stage needs the output of an earlier stage that is not there yet."""
 
+    kind = "missing"
+
 
 class MismatchError(FcvcError):
     """Artifacts that do not belong together (store vs vocabulary, checkpoint vs features, ...)."""
+
+    kind = "mismatch"
 
 
 def require(problems: list[str], *, hint: str | None = None) -> None:
@@ -72,10 +98,19 @@ def require(problems: list[str], *, hint: str | None = None) -> None:
 class StoppedBySignal(FcvcError):
     """A long stage stopped on SIGTERM or SIGINT after keeping its work; exit 128 + the signal (143, 130)."""
 
+    kind = "interrupted"
+
     def __init__(self, signum: int, message: str, *, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.signum = signum
         self.exit_code = 128 + signum
+
+    def to_json(self) -> dict[str, Any]:
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = str(self.signum)
+        return {**super().to_json(), "signal": name}
 
 
 # What a person can do about each errno that means "the disk, its mount or its permissions said no" (not
@@ -106,6 +141,8 @@ class FilesystemError(FcvcError):
     rename) and the system's reason, the hint what to do.
     """
 
+    kind = "filesystem"
+
     def __init__(self, path: str | None, reason: str, *, errno_code: int, path2: str | None = None,
                  hint: str | None = None):
         self.path = path
@@ -119,6 +156,10 @@ class FilesystemError(FcvcError):
         else:  # the library that failed did not say which file; the reason still tells what went wrong
             message = f"{reason} (the failing call did not name the file)"
         super().__init__(message, hint=hint)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "path": self.path, "path2": self.path2,
+                "errno": errno.errorcode.get(self.errno, self.errno) if self.errno else None}
 
     @classmethod
     def from_oserror(cls, error: OSError) -> FilesystemError:

@@ -253,7 +253,7 @@ def test_bad_files_through_the_command_line_exit_2_naming_them(exported, tmp_pat
         assert proc.returncode == 2, (case, proc.stderr)
         assert f"error: {path}: " in proc.stderr and "internal error" not in proc.stderr, proc.stderr
     doc = json.loads(_fcvc("info", str(tmp_path / "pickle.fcvc"), "--json").stdout)
-    assert doc["exit_code"] == 2 and str(tmp_path / "pickle.fcvc") in doc["error"]
+    assert doc["exit_code"] == 2 and str(tmp_path / "pickle.fcvc") in doc["message"]
     assert not marker.exists()
     ok = _fcvc("info", str(good), "--json")
     assert ok.returncode == 0, ok.stderr
