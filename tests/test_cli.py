@@ -1,5 +1,5 @@
 """The command line as a whole: exit codes, and with --json exactly one JSON document on stdout whatever ends
-the command (usage errors, stage errors, bugs, Ctrl-C)."""
+the command (usage errors, stage errors, bugs, Ctrl-C); FCVC_WORKDIR."""
 
 import json
 import os
@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import COMMANDS, main
-from fcvc_pipeline.commands.common import LazyGroup, run_and_exit
+from fcvc_pipeline.commands.common import LazyGroup, common_options, run_and_exit
 from fcvc_pipeline.errors import ConfigError, StoppedBySignal
 
 SCRIPT = Path(sys.executable).with_name("fcvc")  # the console script, beside the interpreter
@@ -169,3 +170,33 @@ def test_help_and_version_are_not_errors():
     assert CliRunner().invoke(main, ["vocab", "--help", "--json"]).exit_code == 0
     res = CliRunner().invoke(main, ["--version"])
     assert res.exit_code == 0 and "fcvc" in res.output
+
+
+# -- FCVC_WORKDIR ---------------------------------------------------------------------------------------------
+def test_fcvc_workdir_is_the_default_of_workdir_and_shown_in_help(tmp_path):
+    seen = {}
+
+    @click.command()
+    @common_options
+    def probe(workdir, json_out, verbose):
+        seen["workdir"] = workdir
+
+    assert CliRunner().invoke(probe, [], env={"FCVC_WORKDIR": str(tmp_path)}).exit_code == 0
+    assert seen["workdir"] == tmp_path
+    assert CliRunner().invoke(probe, ["--workdir", "elsewhere"], env={"FCVC_WORKDIR": str(tmp_path)}).exit_code == 0
+    assert seen["workdir"] == Path("elsewhere")
+    assert CliRunner().invoke(probe, [], env={"FCVC_WORKDIR": None}).exit_code == 0
+    assert seen["workdir"] == Path("fcvc-work")
+    help_text = CliRunner().invoke(main, ["vocab", "--help"]).output
+    assert "env var:" in help_text and "FCVC_WORKDIR" in help_text
+
+
+def test_fcvc_workdir_does_not_count_as_workdir_for_a_captioner_file(tmp_path):
+    """`fcvc caption --model FILE` reads no work directory and refuses --workdir; the variable is not --workdir."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00")
+    res = CliRunner().invoke(main, ["caption", str(video), "--model", str(tmp_path / "missing.fcvc"), "--json"],
+                             env={"FCVC_WORKDIR": str(tmp_path)})
+    doc = _one_document(res.stdout)
+    assert res.exit_code == 2 and "drop --workdir" not in doc["message"], doc
+    assert "missing.fcvc" in doc["message"]

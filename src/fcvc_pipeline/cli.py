@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
 def main():
     """Fully convolutional video captioning (FCVC-CF&IA), end to end.
 
-    Every command takes --workdir (default: ./fcvc-work), --json (one JSON document
+    Every command takes --workdir (default: $FCVC_WORKDIR, else ./fcvc-work), --json (one JSON document
     on stdout, an error document on failure) and -v. Exit codes: 0 done, 1 some items failed, 2 usage or
     input error, 3 internal error, 130 Ctrl-C (143 SIGTERM where a stage stops cleanly).
 

@@ -16,6 +16,8 @@ path                        written by                    what
 ``scores/``                 ``fcvc score --captions F``   scores of a captions file outside the workdir
 ``demo/``                   ``fcvc demo``                 the constant-caption floor, attention figures
 ==========================  ============================  ==============================================
+
+``FCVC_WORKDIR`` replaces the default of ``--workdir`` for every command.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from fcvc_pipeline.errors import ConfigError, MissingArtifactError
 
 DEFAULT_WORKDIR = Path("fcvc-work")
+WORKDIR_ENV = "FCVC_WORKDIR"  # the default of --workdir when set
 DEFAULT_RUN = "fcvc-cf-ia"  # the run `fcvc caption` / `fcvc score` pick when several exist (= models.DEFAULT_MODEL;
 # a leaf cannot import the models room, and tests/test_layout.py checks the two agree)
 

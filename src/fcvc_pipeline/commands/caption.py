@@ -49,7 +49,7 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...
     """
     from fcvc_pipeline.stages.caption import CaptionConfig, run_caption  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
-    given = click.get_current_context().get_parameter_source("workdir") is not ParameterSource.DEFAULT
+    given = click.get_current_context().get_parameter_source("workdir") is ParameterSource.COMMANDLINE
     cfg = CaptionConfig(inputs=tuple(i if "://" in i else Path(i) for i in inputs), workdir=workdir if given or model is None else None, run=run_name,
                         checkpoint=checkpoint, model=model, backbone_weights=backbone_weights, beam_size=beam_size,
                         max_len=max_len, attention=attention, device=device, workers=workers)

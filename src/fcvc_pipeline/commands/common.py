@@ -17,7 +17,7 @@ import click
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, FcvcError, filesystem_error
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, WORKDIR_ENV
 
 INTERRUPTED_HINT = "finished items are kept; rerun the same command to resume"
 
@@ -28,7 +28,7 @@ def common_options(f: Callable) -> Callable:
     f = click.option("--json", "json_out", is_flag=True,
                      help="Print one machine-readable JSON document on stdout (an error document on failure).")(f)
     f = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
-                     show_default=True,
+                     envvar=WORKDIR_ENV, show_envvar=True, show_default=True,
                      help="Where every artifact is written.")(f)
     return f
 
