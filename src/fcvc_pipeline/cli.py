@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "serve": "fcvc_pipeline.commands.serve:serve",
     "demo": "fcvc_pipeline.commands.demo:demo",
     "info": "fcvc_pipeline.commands.info:info",
+    "runs": "fcvc_pipeline.commands.runs:runs",
     "bench": "fcvc_pipeline.commands.bench:bench",
 }
 
@@ -45,6 +46,7 @@ def main():
     fcvc serve --model FILE     a captioning web service and page (needs the [serve] extra)
     fcvc demo                   the whole chain on the bundled sample set
     fcvc info                   what a feature store holds; --verify finds damage
+    fcvc runs                   the runs of the work directory: status, epochs, CIDEr, size
     """
 
 
