@@ -45,7 +45,7 @@ def main():
     fcvc export -o FILE.fcvc    a trained model as one file (Captioner.load)
     fcvc serve --model FILE     a captioning web service and page (needs the [serve] extra)
     fcvc demo                   the whole chain on the bundled sample set
-    fcvc info                   what a feature store holds; --verify finds damage
+    fcvc info [PATH]            what a feature store, run, checkpoint or .fcvc file holds
     fcvc runs                   the runs of the work directory: status, epochs, CIDEr, size
     """
 
