@@ -1,5 +1,5 @@
 """The command line as a whole: exit codes, and with --json exactly one JSON document on stdout whatever ends
-the command (usage errors, stage errors, bugs, Ctrl-C); FCVC_WORKDIR."""
+the command (usage errors, stage errors, bugs, Ctrl-C); FCVC_WORKDIR; shell completion of --model and --run."""
 
 import json
 import os
@@ -11,10 +11,19 @@ from pathlib import Path
 
 import click
 import pytest
+from click.shell_completion import ShellComplete
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import COMMANDS, main
-from fcvc_pipeline.commands.common import LazyGroup, common_options, run_and_exit
+from fcvc_pipeline.commands.common import (
+    MODEL_CHOICES,
+    LazyGroup,
+    common_options,
+    complete_model,
+    complete_model_or_all,
+    complete_run,
+    run_and_exit,
+)
 from fcvc_pipeline.errors import ConfigError, StoppedBySignal
 
 SCRIPT = Path(sys.executable).with_name("fcvc")  # the console script, beside the interpreter
@@ -200,3 +209,48 @@ def test_fcvc_workdir_does_not_count_as_workdir_for_a_captioner_file(tmp_path):
     doc = _one_document(res.stdout)
     assert res.exit_code == 2 and "drop --workdir" not in doc["message"], doc
     assert "missing.fcvc" in doc["message"]
+
+
+# -- shell completion -----------------------------------------------------------------------------------------
+def test_model_choices_are_the_variant_table():
+    from fcvc_pipeline.models import MODEL_ALIASES, MODEL_NAMES
+
+    assert MODEL_CHOICES == (*MODEL_NAMES, *MODEL_ALIASES)
+
+
+def _complete(cli: click.Command, args: list[str], incomplete: str) -> list[str]:
+    return [c.value for c in ShellComplete(cli, {}, "fcvc", "_FCVC_COMPLETE").get_completions(args, incomplete)]
+
+
+def test_model_and_run_values_complete(tmp_path):
+    for name in ("fcvc-cf-ia", "lstm-baseline"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / "ablation.md").write_text("")
+
+    @click.command()
+    @common_options
+    @click.option("--model", shell_complete=complete_model)
+    @click.option("--all-model", shell_complete=complete_model_or_all)
+    @click.option("--run", shell_complete=complete_run)
+    def probe(**kwargs):
+        pass
+
+    assert _complete(probe, ["--model"], "fcvc-") == ["fcvc-cf-ia", "fcvc-ta", "fcvc-ia", "fcvc-all", "fcvc-final"]
+    assert _complete(probe, ["--all-model"], "a") == ["all"]
+    assert _complete(probe, ["--workdir", str(tmp_path), "--run"], "") == ["fcvc-cf-ia", "lstm-baseline"]
+    assert _complete(probe, ["--workdir", str(tmp_path), "--run"], "l") == ["lstm-baseline"]
+    assert _complete(probe, ["--workdir", str(tmp_path / "none"), "--run"], "") == []
+
+
+def test_completion_through_the_installed_script(tmp_path):
+    (tmp_path / "runs" / "baseline").mkdir(parents=True)
+    models = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc demo --model fcvc-c", COMP_CWORD="3")
+    assert models.returncode == 0 and models.stdout.split() == ["plain,fcvc-cf-ia"], models.stderr
+    runs = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc score --run ", COMP_CWORD="3",
+                FCVC_WORKDIR=str(tmp_path))
+    assert runs.stdout.split() == ["plain,baseline"], runs.stderr
+    commands = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc ex", COMP_CWORD="1")
+    assert commands.stdout.split() == ["plain,export", "plain,extract"]
+    source = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_source")
+    assert "_fcvc_completion()" in source.stdout and "complete " in source.stdout
+    assert "_FCVC_COMPLETE=bash_source" in CliRunner().invoke(main, ["--help"]).output

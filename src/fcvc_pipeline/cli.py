@@ -34,7 +34,8 @@ def main():
 
     Every command takes --workdir (default: $FCVC_WORKDIR, else ./fcvc-work), --json (one JSON document
     on stdout, an error document on failure) and -v. Exit codes: 0 done, 1 some items failed, 2 usage or
-    input error, 3 internal error, 130 Ctrl-C (143 SIGTERM where a stage stops cleanly).
+    input error, 3 internal error, 130 Ctrl-C (143 SIGTERM where a stage stops cleanly). Shell
+    completion: eval "$(_FCVC_COMPLETE=bash_source fcvc)" (zsh_source, fish_source).
 
     \b
     fcvc extract videos/        frames -> Inception-V3 + C3D features (Zarr)

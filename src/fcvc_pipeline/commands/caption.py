@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import common_options, complete_run, run_and_exit
 from fcvc_pipeline.naming import tsv_field
 
 
 @click.command()
 @common_options
 @click.argument("inputs", nargs=-1, type=str)  # strings: a URL is refused by name, not folded into a path
-@click.option("--run", "run_name", default=None, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
+@click.option("--run", "run_name", default=None, shell_complete=complete_run, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None, help="A checkpoint file instead of a run.")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A captioner file (fcvc export) instead of a work directory's run: works from any directory, "

@@ -1,5 +1,5 @@
-"""What every command shares: ``--workdir``, ``--json``, ``-v``, the error/exit-code mapping, and one JSON
-document on stdout whatever ends the command."""
+"""What every command shares: ``--workdir``, ``--json``, ``-v``, the error/exit-code mapping, one JSON
+document on stdout whatever ends the command, and shell completion of model and run names."""
 
 from __future__ import annotations
 
@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import click
+from click.shell_completion import CompletionItem
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, FcvcError, filesystem_error
-from fcvc_pipeline.workdir import DEFAULT_WORKDIR, WORKDIR_ENV
+from fcvc_pipeline.workdir import DEFAULT_WORKDIR, WORKDIR_ENV, Workdir
+
+# The names `--model` completes to. A copy of models.variants (MODEL_NAMES, then MODEL_ALIASES): importing
+# the models room loads torch, seconds per <TAB>. tests/test_cli.py checks that the two agree.
+MODEL_CHOICES: tuple[str, ...] = ("fcvc-cf-ia", "fcvc", "fcvc-ta", "fcvc-ia", "fcvc-all", "lstm", "fcvc-final")
 
 INTERRUPTED_HINT = "finished items are kept; rerun the same command to resume"
 
@@ -122,6 +127,28 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+# -- shell completion (README: "Shell completion") -----------------------------------------------------------
+def complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``--model`` of a model variant: the variant names and aliases (validation stays the stage's)."""
+    return [CompletionItem(name) for name in MODEL_CHOICES if name.startswith(incomplete)]
+
+
+def complete_model_or_all(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``fcvc train --model``: the variants, and ``all`` (the ablation)."""
+    return [CompletionItem(name) for name in (*MODEL_CHOICES, "all") if name.startswith(incomplete)]
+
+
+def complete_run(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``--run``: the run folders under the work directory's ``runs/`` (``--workdir`` when it comes first on
+    the line, else ``FCVC_WORKDIR``, else ``./fcvc-work``)."""
+    workdir = ctx.params.get("workdir") or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR
+    try:
+        names = sorted(p.name for p in Workdir(Path(workdir)).runs.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 def wants_json(args: list[str]) -> bool:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import common_options, complete_model, run_and_exit
 
 
 @click.command()
 @common_options
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A sample directory (videos/ + annotations.json); default: the bundled data/sample.")
-@click.option("--model", default="fcvc-cf-ia", show_default=True,
+@click.option("--model", default="fcvc-cf-ia", show_default=True, shell_complete=complete_model,
               help="The model to train: fcvc-cf-ia (the paper's), fcvc, fcvc-ta, fcvc-ia, fcvc-all or lstm.")
 @click.option("--epochs", type=int, default=30, show_default=True,
               help="Most training epochs (early stopping ends sooner when validation CIDEr stops improving).")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import common_options, complete_run, run_and_exit
 
 
 @click.command()
 @common_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The captioner file to write (by convention NAME.fcvc).")
-@click.option("--run", "run_name", default=None, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
+@click.option("--run", "run_name", default=None, shell_complete=complete_run, help="Trained run under <workdir>/runs (default: fcvc-cf-ia or the only run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A checkpoint file instead of a run's best.pt.")
 @click.option("--embed-backbones", is_flag=True,

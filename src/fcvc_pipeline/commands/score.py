@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import common_options, complete_run, run_and_exit
 
 
 @click.command()
 @common_options
-@click.option("--run", "run_name", default=None,
+@click.option("--run", "run_name", default=None, shell_complete=complete_run,
               help="Run under <workdir>/runs whose best checkpoint captions the split "
                    "(default: fcvc-cf-ia, or the only run).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
