@@ -4,26 +4,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from fcvc_pipeline.commands.common import common_options, parse_int_list, run_and_exit
+
+# Click parameter -> TrainConfig field, where they differ
+PARAM_FIELDS = {"run_name": "run"}
 
 
 @click.command()
 @common_options
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read options from a .toml or .json file (e.g. another run's runs/<run>/config.json); options "
+                   "given on the command line override the file's. Keys are the option names (max-steps or "
+                   "max_steps) and the library-only settings (warmup_steps, heads, kernel_size, ...).")
 @click.option("--model", default="fcvc-cf-ia", show_default=True,
-              help="fcvc-cf-ia (alias fcvc-final) | fcvc | fcvc-ta | fcvc-ia | fcvc-all | lstm | all (every model, then a score table).")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+              help="fcvc-cf-ia (alias fcvc-final) | fcvc | fcvc-ta | fcvc-ia | fcvc-all | lstm | all (every model, "
+                   "then a score table).")
+@click.option("--epochs", type=int, default=30, show_default=True,
+              help="Epochs to train (with --resume, a larger value extends a finished or interrupted run).")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimizer steps in all (default: no limit; the schedule then spans "
+                   "--epochs). With --resume, a larger value extends the run.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Captions per batch (whole videos are packed).")
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patience", type=int, default=10, show_default=True, help="Epochs without a better validation CIDEr before stopping.")
+@click.option("--lr", type=float, default=5e-4, show_default=True,
+              help="Peak learning rate (AdamW; linear warm-up, then cosine decay to 10% of it).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the initialisation, the batch order and dropout.")
+@click.option("--patience", type=int, default=10, show_default=True,
+              help="Epochs without a better validation CIDEr before stopping (an extension restarts the count).")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Also write last.pt every N steps (0: each epoch).")
-@click.option("--d-model", type=int, default=None, help="Width of the model (default 512).")
-@click.option("--layers", type=int, default=None, help="Convolutional layers (default 4).")
-@click.option("--dropout", type=float, default=None)
+@click.option("--d-model", type=int, default=None, help="Width of the model (default: 512).")
+@click.option("--layers", type=int, default=None, help="Convolutional layers (default: 4; the lstm model ignores it).")
+@click.option("--dropout", type=float, default=None, help="Dropout probability in [0, 1) (default: 0.1).")
 @click.option("--conv-mask", type=click.Choice(["paper", "causal"]), default=None,
               help="The caption convolution's window: paper (kernel centred on t, right half masked: t-2..t for "
                    "k = 5) or causal (ConvS2S: t-4..t). Default: the model's (see docs/models.md).")
@@ -38,22 +54,30 @@ from fcvc_pipeline.commands.common import common_options, parse_int_list, run_an
               help="bf16 autocast for the matrix products (auto: on CUDA only; bf16 also helps CPUs with AMX).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--run", "run_name", default=None, help="Run name under <workdir>/runs (default: the model name).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run exactly where it stopped.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run exactly where it stopped; with a larger --epochs or --max-steps "
+                   "(nothing else changed), extend a finished or interrupted run from its last.pt.")
 @click.option("--skip-damaged", is_flag=True,
               help="Check every video's stored features first and train without (listing) the damaged ones, "
                    "instead of stopping on the first one read.")
 @click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
-def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int, max_steps: int | None,
-          batch_size: int, lr: float, seed: int, patience: int, checkpoint_every: int, d_model: int | None,
-          layers: int | None, dropout: float | None, conv_mask: str | None, ema_decay: float, label_smoothing: float, select_beams: str,
-          precision: str, device: str, run_name: str | None, resume: bool, skip_damaged: bool, force: bool):
+def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None, **options: Any):
     """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
 
     \b
     Examples:
       fcvc train --model fcvc-cf-ia --epochs 30
       fcvc train --model all                       # every model of the paper's Table 4 + LSTM, then a score table
+      fcvc train --run tiny --max-steps 5          # a short try ...
+      fcvc train --run tiny --max-steps 40 --resume   # ... extended to 40 steps from where it ended
+      fcvc train --config exp.toml --lr 1e-3       # options from a file; flags override it
+      fcvc train --config runs/a/config.json --run b   # repeat run a's settings as run b
       torchrun --nproc-per-node 2 -m fcvc_pipeline -- train --run big --device cuda
+
+    An extension (--resume with a larger --epochs/--max-steps) continues the optimizer, weight average,
+    random state and best epoch of last.pt; the learning rate goes on from its current value, its cosine
+    decay stretched to the new end (a finished run stays at its final rate), and early stopping counts its
+    patience afresh. config.json lists each extension.
 
     Under torchrun, put -- after the module name: torchrun checks the options after the module against
     its own, and --run reads to it as an abbreviation of its --run-path.
@@ -61,13 +85,26 @@ def train(workdir: Path, json_out: bool, verbose: bool, model: str, epochs: int,
     # deferred: torch loads only when the command runs, so --help stays instant
     from fcvc_pipeline.stages.ablation import run_ablation  # noqa: PLC0415
     from fcvc_pipeline.stages.train import ALL_MODELS, TrainConfig, run_train  # noqa: PLC0415
+    from fcvc_pipeline.training.config import read_config_file  # noqa: PLC0415
 
-    cfg = TrainConfig(workdir=workdir, model=model, run=run_name, epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size, lr=lr, seed=seed, patience=patience, checkpoint_every=checkpoint_every,
-                      d_model=d_model, layers=layers, dropout=dropout, conv_mask=conv_mask, ema_decay=ema_decay,
-                      label_smoothing=label_smoothing, select_beams=parse_int_list(select_beams, "--select-beams"),
-                      precision=precision, device=device, resume=resume, skip_damaged=skip_damaged, force=force)
+    ctx = click.get_current_context()
+
+    def resolved() -> TrainConfig:
+        """The command line over the config file over the defaults."""
+        values = {PARAM_FIELDS.get(k, k): v for k, v in {"workdir": workdir, **options}.items()}
+        values["select_beams"] = parse_int_list(options["select_beams"], "--select-beams")
+        if config_file is not None:
+            fields_to_params = {v: k for k, v in PARAM_FIELDS.items()}
+            for name, value in read_config_file(config_file).items():
+                param = fields_to_params.get(name, name)
+                if ctx.get_parameter_source(param) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+                    values[name] = value
+        return TrainConfig(**values)
+
+    def stage():
+        cfg = resolved()
+        return (run_ablation if cfg.model == ALL_MODELS else run_train)(cfg)
+
     # under torchrun only rank 0 prints the JSON document
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    stage = run_ablation if model == ALL_MODELS else run_train
-    run_and_exit(lambda: stage(cfg), json_out=json_out and main_rank, verbose=verbose)
+    run_and_exit(stage, json_out=json_out and main_rank, verbose=verbose)

@@ -1,22 +1,34 @@
-"""Everything ``fcvc train`` can be told: one frozen :class:`TrainConfig`, checked all at once.
+"""Everything ``fcvc train`` can be told: one frozen :class:`TrainConfig`, checked all at once, and the
+config files (``fcvc train --config FILE``) that hold it.
 
 The fields that change what a run produces (:meth:`TrainConfig.output_fields`) go into the run's
-manifest and its ``config.json``; device, resume/force and the ablation's scoring beam do not.
+manifest; device, resume/force and the ablation's scoring beam do not. ``config.json`` holds
+every setting (not the actions resume/force) and is itself a config file (:func:`read_config_file`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fcvc_pipeline import progress
 from fcvc_pipeline.devices import check_device_spec
+from fcvc_pipeline.errors import ConfigError, InputError
 from fcvc_pipeline.models import DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, VARIANTS, canonical_model_name
 from fcvc_pipeline.models.config import CONV_MASKS
 from fcvc_pipeline.models.variants import resolve_alias
-from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.naming import did_you_mean, safe_name
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: a .json config still works
+    tomllib = None  # type: ignore[assignment]
 
 ALL_MODELS = "all"  # `fcvc train --model all`: the ablation (stages/ablation.py)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -26,6 +38,8 @@ SCHEDULE_FIELDS = ("epochs", "max_steps")
 ACTION_FIELDS = ("resume", "force")
 # A flag's name where it differs from its field (both spellings are accepted as keys of a config file).
 FLAG_ALIASES = {"ema": "ema_decay"}
+# config.json's tables beside "train" (what the run was trained from; not options).
+CONFIG_JSON_SECTIONS = ("model", "inputs", "extensions")
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ class TrainConfig:
     attn_mu: float | None = None
     # not part of what the run produces
     device: str = "auto"
-    resume: bool = False
+    resume: bool = False  # continue last.pt; with a larger epochs/max_steps: extend the run
     force: bool = False
     skip_damaged: bool = False  # leave out (and list) videos whose stored features are damaged
     # ablation runner (model == "all"): how to score each model on the test split
@@ -81,36 +95,46 @@ class TrainConfig:
     def validate(self) -> list[str]:
         problems = []
         if self.model != ALL_MODELS and resolve_alias(self.model) not in VARIANTS:
-            problems.append(f"--model must be one of {', '.join(MODEL_NAMES + tuple(MODEL_ALIASES))} or all "
-                            f"(got {self.model!r})")
-        for name in ("epochs", "batch_size"):
+            choices = (*MODEL_NAMES, *MODEL_ALIASES, ALL_MODELS)
+            problems.append(f"--model must be one of {', '.join(choices)} "
+                            f"(got {self.model!r}){did_you_mean(self.model, choices)}")
+        for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1")
-        # library-only options (no command-line flag): named by their field
-        if self.val_beam_size < 1:
-            problems.append(f"TrainConfig.val_beam_size must be at least 1 (got {self.val_beam_size})")
-        if self.score_beam_size is not None and self.score_beam_size < 1:
-            problems.append(f"TrainConfig.score_beam_size must be at least 1 (got {self.score_beam_size})")
+                problems.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"--max-steps must be at least 1 (got {self.max_steps})")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be 0 (each epoch) or more (got {self.checkpoint_every})")
         if any(not isinstance(b, int) or b < 1 for b in self.select_beams):
             problems.append(f"--select-beams must list beam sizes >= 1 (got {list(self.select_beams)})")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append("--max-steps must be at least 1")
         if not self.lr > 0:
-            problems.append("--lr must be positive")
+            problems.append(f"--lr must be positive (got {self.lr})")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"--ema must be in [0, 1) (0 = off; got {self.ema_decay})")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.patience < 1:
-            problems.append("--patience must be at least 1")
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
+                            f"{did_you_mean(self.precision, PRECISIONS)}")
         if self.run is not None and safe_name(self.run) != self.run:
             problems.append(f"--run must be a plain name (letters, digits, . _ -), got {self.run!r}")
         if self.conv_mask is not None and self.conv_mask not in CONV_MASKS:
-            problems.append(f"--conv-mask must be one of {', '.join(CONV_MASKS)} (got {self.conv_mask!r})")
+            problems.append(f"--conv-mask must be one of {', '.join(CONV_MASKS)} (got {self.conv_mask!r})"
+                            f"{did_you_mean(self.conv_mask, CONV_MASKS)}")
+        for name in ("d_model", "layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
+        # library-only options (no command-line flag; a config file may set them): named by their field
+        for name in ("heads", "kernel_size", "val_beam_size", "score_beam_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"TrainConfig.{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "attn_lambda", "attn_mu"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                problems.append(f"TrainConfig.{name} must be >= 0 (got {getattr(self, name)})")
         return problems
 
     def output_fields(self) -> dict[str, Any]:
@@ -139,3 +163,110 @@ def option_name(field_name: str) -> str:
         return field_name
     flag = {v: k for k, v in FLAG_ALIASES.items()}.get(field_name, field_name)
     return "--" + flag.replace("_", "-")
+
+
+# -- config files -----------------------------------------------------------------------------------------
+def read_config_file(path: Path) -> dict[str, Any]:
+    """``fcvc train --config FILE``: the TrainConfig fields a .toml or .json file sets, checked.
+
+    Keys are the options of ``fcvc train`` (``max-steps`` or ``max_steps``; ``ema`` or ``ema_decay``) and
+    the library-only fields of :class:`TrainConfig` (``warmup_steps``, ``heads``, ...). A file whose top
+    level has a ``train`` table (a run's ``config.json``, or ``[train]`` in TOML) is read from that table,
+    beside which only config.json's own tables may stand. ``resume`` and ``force`` are actions of one
+    command, not settings: a file's values for them are ignored. Unknown keys (with a "did you mean") and
+    values of the wrong type are errors naming the file and the key; ranges are checked by
+    :meth:`TrainConfig.validate` with the rest.
+    """
+    path = Path(path)
+    raw = _parse(path)
+    if isinstance(raw.get("train"), dict):
+        table = raw["train"]
+        problems = [_unknown(path, k, ("train", *CONFIG_JSON_SECTIONS)) for k in raw
+                    if k not in ("train", *CONFIG_JSON_SECTIONS)]
+    else:
+        table, problems = raw, []
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        name = FLAG_ALIASES.get(name, name)
+        if name not in fields:
+            spellings = sorted(fields | set(FLAG_ALIASES))
+            if "-" in key:
+                spellings = [n.replace("_", "-") for n in spellings]
+            problems.append(_unknown(path, key, spellings))
+        elif name in ACTION_FIELDS:
+            if value:
+                progress.warn(f"{path}: ignoring {key} = {value!r}: --{name} applies only when given on the command line")
+        else:
+            ok, converted = _coerce(value, hints[name])
+            if ok:
+                values[name] = converted
+            else:
+                problems.append(f"{path}: '{key}' must be {_describe(hints[name])} (got {value!r})")
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise InputError(path, "a config file must be .toml or .json (e.g. a run's config.json)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(path, f"cannot read it: {e.strerror or e}") from None
+    if suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise InputError(path, f"not valid JSON: {e}") from None
+    else:
+        if tomllib is None:
+            raise InputError(path, "reading TOML needs Python 3.11 or newer",
+                             hint="write the options as a .json file, or use Python 3.11+")
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(path, f"not valid TOML: {e}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, f"a config file must hold a table of options (got {type(raw).__name__})")
+    return raw
+
+
+def _unknown(path: Path, key: str, known: typing.Iterable[str]) -> str:
+    return f"{path}: unknown key '{key}'{did_you_mean(key, known)}"
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, the value as the field's type). Integers are not floats' stand-ins the other way round: 2.5 is
+    not an int; true/false are not numbers."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return True, None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return is_int, value
+    if hint is float:
+        return is_int or isinstance(value, float), float(value) if is_int or isinstance(value, float) else value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is Path:
+        return isinstance(value, str), Path(value) if isinstance(value, str) else value
+    if typing.get_origin(hint) is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return ok, tuple(value) if ok else value
+    raise TypeError(f"no config-file reader for {hint!r}")  # a new field type: teach _coerce
+
+
+def _describe(hint: Any) -> str:
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (string)"}
+    text = words.get(base, "a list of integers")
+    return f"{text} or null (JSON; in TOML leave the key out)" if optional else text
