@@ -57,6 +57,9 @@ PARAM_FIELDS = {"run_name": "run"}
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run exactly where it stopped; with a larger --epochs or --max-steps "
                    "(nothing else changed), extend a finished or interrupted run from its last.pt.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write each epoch's losses, validation CIDEr/BLEU-4, learning rate and seconds as "
+                   "TensorBoard scalars under runs/<run>/tb/ (needs pip install 'fcvc-pipeline[tensorboard]').")
 @click.option("--skip-damaged", is_flag=True,
               help="Check every video's stored features first and train without (listing) the damaged ones, "
                    "instead of stopping on the first one read.")
@@ -72,6 +75,7 @@ def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None
       fcvc train --run tiny --max-steps 40 --resume   # ... extended to 40 steps from where it ended
       fcvc train --config exp.toml --lr 1e-3       # options from a file; flags override it
       fcvc train --config runs/a/config.json --run b   # repeat run a's settings as run b
+      fcvc train --tensorboard                     # then: tensorboard --logdir <workdir>/runs
       torchrun --nproc-per-node 2 -m fcvc_pipeline -- train --run big --device cuda
 
     An extension (--resume with a larger --epochs/--max-steps) continues the optimizer, weight average,

@@ -41,6 +41,8 @@ from fcvc_pipeline.training.config import ALL_MODELS, PRECISIONS, SCHEDULE_FIELD
 from fcvc_pipeline.training.distributed import init_distributed
 from fcvc_pipeline.training.optim import learning_rate
 from fcvc_pipeline.training.state import fmt
+from fcvc_pipeline.training.tensorboard import INSTALL as TENSORBOARD_INSTALL
+from fcvc_pipeline.training.tensorboard import missing_tensorboard
 from fcvc_pipeline.training.trainer import RESUME_HINT, Trainer, load_train_data
 from fcvc_pipeline.workdir import Workdir
 
@@ -85,6 +87,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     require(cfg.validate())
     if cfg.model == ALL_MODELS:
         raise ConfigError("run_train trains one model; --model all is fcvc_pipeline.stages.ablation.run_ablation")
+    if cfg.tensorboard and (problem := missing_tensorboard()) is not None:
+        raise ConfigError(problem, hint=TENSORBOARD_INSTALL)
     cfg = dataclasses.replace(cfg, model=canonical_model_name(cfg.model))
     w = Workdir(cfg.workdir)
     run_dir = w.run(cfg.run_name)

@@ -2,7 +2,7 @@
 config files (``fcvc train --config FILE``) that hold it.
 
 The fields that change what a run produces (:meth:`TrainConfig.output_fields`) go into the run's
-manifest; device, resume/force and the ablation's scoring beam do not. ``config.json`` holds
+manifest; device, resume/force, TensorBoard and the ablation's scoring beam do not. ``config.json`` holds
 every setting (not the actions resume/force) and is itself a config file (:func:`read_config_file`).
 """
 
@@ -85,6 +85,7 @@ class TrainConfig:
     resume: bool = False  # continue last.pt; with a larger epochs/max_steps: extend the run
     force: bool = False
     skip_damaged: bool = False  # leave out (and list) videos whose stored features are damaged
+    tensorboard: bool = False  # also write each epoch's scalars under runs/<run>/tb/ (the [tensorboard] extra)
     # ablation runner (model == "all"): how to score each model on the test split
     score_beam_size: int | None = None  # None: each run's validation-chosen beam
 
@@ -139,7 +140,7 @@ class TrainConfig:
 
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
-        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged"}
+        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged", "tensorboard"}
         # fields added later are left out while unset, so the manifests of older runs stay up to date
         unset_is_absent = {"conv_mask"}
         return {k: v for k, v in dataclasses.asdict(self).items()
@@ -154,7 +155,7 @@ class TrainConfig:
 # The fields with a flag of `fcvc train` (the others are set in a config file or from Python).
 FLAG_FIELDS = ("model", "run", "epochs", "max_steps", "batch_size", "lr", "seed", "patience", "checkpoint_every",
                "d_model", "layers", "dropout", "conv_mask", "ema_decay", "label_smoothing", "select_beams",
-               "precision", "device", "resume", "skip_damaged", "force", "workdir")
+               "precision", "device", "resume", "skip_damaged", "force", "tensorboard", "workdir")
 
 
 def option_name(field_name: str) -> str:

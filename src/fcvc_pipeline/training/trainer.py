@@ -14,7 +14,7 @@ validation split at each beam size of ``select_beams`` and keeps the best as the
 ends with the same numbers as an uninterrupted one (bit for bit on CPU). :meth:`Trainer.extend` then lets a
 restored run train longer (a larger ``epochs``/``max_steps``): the extension is recorded in the state, the
 cosine decay is stretched from the current step to the new end (``optim.learning_rate``) and the patience
-counter restarts there.
+counter restarts there. With ``tensorboard`` the epoch records also go to ``tb/`` (``training/tensorboard.py``).
 
 The stage (``stages/train.py``) decides whether a run is fresh, resumed, extended or up to date; this module
 trains.
@@ -52,6 +52,7 @@ from fcvc_pipeline.training.distributed import Dist, barrier, broadcast_flag
 from fcvc_pipeline.training.losses import LossTerms, caption_loss
 from fcvc_pipeline.training.optim import WeightAverage, learning_rate
 from fcvc_pipeline.training.state import TrainState, accumulate, epoch_line, jsonl, means, zero_sums
+from fcvc_pipeline.training.tensorboard import EpochScalars
 
 FAULT_ENV = "FCVC_FAULT_KILL_AT_STEP"  # test hook: SIGKILL this process right after that optimizer step
 RESUME_HINT = "rerun the same command with --resume added; it continues exactly where this one stopped"
@@ -113,6 +114,7 @@ class Trainer:
         self.total_steps = self.schedule_total(cfg.epochs, cfg.max_steps)
         self.state = TrainState()
         self.restored = False
+        self.scalars: EpochScalars | None = None
         self._stop_signal: list[int] = []  # filled by SIGTERM/SIGINT while fit() runs
         self.net: torch.nn.Module = self.model
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -132,7 +134,13 @@ class Trainer:
         """
         with _stop_on_signals() as stop_signal:
             self._stop_signal = stop_signal
-            return self._fit()
+            if self.cfg.tensorboard and self.dist.main:
+                self.scalars = EpochScalars(self.run_dir, self.state.history)
+            try:
+                return self._fit()
+            finally:
+                if self.scalars is not None:
+                    self.scalars.close()
 
     def _fit(self) -> tuple[TrainState, DecodingOptions | None]:
         if not self.restored:
@@ -275,6 +283,8 @@ class Trainer:
             stop = True
         self.save(self.run_dir / "last.pt", position=s)
         atomic_write_text(self.run_dir / "metrics.jsonl", jsonl(s.history))
+        if self.scalars is not None:
+            self.scalars.write(record)
         progress.log(epoch_line(record))
         return stop
 
