@@ -23,6 +23,8 @@ from fcvc_pipeline.naming import short_id
 class DamagedFeaturesError(FcvcError):
     """Some of the videos to load have damaged features; lists them (video, file, reason)."""
 
+    kind = "damaged"
+
     def __init__(self, store_path, damaged: list[DamagedVideoError], total: int, *, shown: int = 10):
         self.damaged = damaged
         lines = [f"  {short_id(e.video_id)}: {e.path}: {e.reason}" for e in damaged[:shown]]

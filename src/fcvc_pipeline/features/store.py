@@ -69,6 +69,8 @@ OLD_CLAIMS = ".claims"  # inside the store: where claims lived before they moved
 class DamagedVideoError(FcvcError):
     """A complete video whose stored data does not match what was written (names the video and the file)."""
 
+    kind = "damaged"
+
     def __init__(self, video_id: str, path: str | Path, reason: str):
         self.video_id, self.path, self.reason = video_id, str(path), reason
         super().__init__(f"video {short_id(video_id)} is damaged: {path}: {reason}",
