@@ -249,6 +249,8 @@ def test_completion_through_the_installed_script(tmp_path):
     runs = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc score --run ", COMP_CWORD="3",
                 FCVC_WORKDIR=str(tmp_path))
     assert runs.stdout.split() == ["plain,baseline"], runs.stderr
+    train = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc train --model a", COMP_CWORD="3")
+    assert train.stdout.split() == ["plain,all"], train.stderr
     commands = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_complete", COMP_WORDS="fcvc ex", COMP_CWORD="1")
     assert commands.stdout.split() == ["plain,export", "plain,extract"]
     source = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_source")

@@ -288,8 +288,10 @@ def run_summary(run_dir: str | Path, *, now: float | None = None) -> RunSummary:
     seconds = [r["seconds"] for r in history if isinstance(r.get("seconds"), (int, float))]
     window = max(RUNNING_WINDOW_S, 3 * sum(seconds) / len(seconds)) if seconds else RUNNING_WINDOW_S
     age = now - s.updated
-    resume = (f"`fcvc train --model {s.model or 'MODEL'} --run {s.name} --resume` (with the run's other "
-              f"options) continues it")
+    resume = (f"`fcvc train --config {s.path / 'config.json'} --resume` (the run's own settings) continues it"
+              if (s.path / "config.json").is_file() else
+              f"`fcvc train --model {s.model or 'MODEL'} --run {s.name} --resume` (with the run's other options) "
+              f"continues it")
     if age < window:
         s.status = "running"
         s.note = (f"no manifest yet, files written {_age(age)} ago (a run counts as running until "

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fcvc_pipeline.commands.common import common_options, parse_int_list, run_and_exit
+from fcvc_pipeline.commands.common import common_options, complete_model_or_all, complete_run, parse_int_list, run_and_exit
 
 # Click parameter -> TrainConfig field, where they differ
 PARAM_FIELDS = {"run_name": "run"}
@@ -21,7 +21,7 @@ PARAM_FIELDS = {"run_name": "run"}
               help="Read options from a .toml or .json file (e.g. another run's runs/<run>/config.json); options "
                    "given on the command line override the file's. Keys are the option names (max-steps or "
                    "max_steps) and the library-only settings (warmup_steps, heads, kernel_size, ...).")
-@click.option("--model", default="fcvc-cf-ia", show_default=True,
+@click.option("--model", default="fcvc-cf-ia", show_default=True, shell_complete=complete_model_or_all,
               help="fcvc-cf-ia (alias fcvc-final) | fcvc | fcvc-ta | fcvc-ia | fcvc-all | lstm | all (every model, "
                    "then a score table).")
 @click.option("--epochs", type=int, default=30, show_default=True,
@@ -53,7 +53,7 @@ PARAM_FIELDS = {"run_name": "run"}
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="bf16 autocast for the matrix products (auto: on CUDA only; bf16 also helps CPUs with AMX).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--run", "run_name", default=None, help="Run name under <workdir>/runs (default: the model name).")
+@click.option("--run", "run_name", default=None, shell_complete=complete_run, help="Run name under <workdir>/runs (default: the model name).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run exactly where it stopped; with a larger --epochs or --max-steps "
                    "(nothing else changed), extend a finished or interrupted run from its last.pt.")
