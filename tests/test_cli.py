@@ -256,3 +256,12 @@ def test_completion_through_the_installed_script(tmp_path):
     source = _run([str(SCRIPT)], _FCVC_COMPLETE="bash_source")
     assert "_fcvc_completion()" in source.stdout and "complete " in source.stdout
     assert "_FCVC_COMPLETE=bash_source" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_a_misspelled_choice_gets_a_suggestion():
+    r = CliRunner().invoke(main, ["vocab", "x.json", "--format", "csvv"])
+    assert r.exit_code == 2 and "(did you mean 'csv'?)" in r.output
+    r = CliRunner().invoke(main, ["train", "--precision", "bf61"])
+    assert r.exit_code == 2 and "(did you mean 'bf16'?)" in r.output
+    r = CliRunner().invoke(main, ["vocab", "x.json", "--format", "zzzzzz"])
+    assert r.exit_code == 2 and "did you mean" not in r.output and "is not one of" in r.output

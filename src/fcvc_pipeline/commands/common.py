@@ -18,6 +18,7 @@ from click.shell_completion import CompletionItem
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.errors import EXIT_INTERNAL, EXIT_OK, EXIT_SIGINT, FcvcError, filesystem_error
+from fcvc_pipeline.naming import did_you_mean
 from fcvc_pipeline.workdir import DEFAULT_WORKDIR, WORKDIR_ENV, Workdir
 
 # The names `--model` completes to. A copy of models.variants (MODEL_NAMES, then MODEL_ALIASES): importing
@@ -149,6 +150,19 @@ def complete_run(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     except OSError:
         return []
     return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+class Choice(click.Choice):
+    """``click.Choice`` whose refusal of a misspelled value adds "did you mean ..." (every command uses it)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            hint = did_you_mean(str(value), [str(c) for c in self.choices])
+            if not hint:
+                raise
+            raise click.BadParameter(f"{e.message}{hint}", ctx=ctx, param=param) from None
 
 
 def wants_json(args: list[str]) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import Choice, common_options, run_and_exit
 
 
 @click.command()
@@ -23,7 +23,7 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
                    "(pytorchvideo models). auto: $FCVC_C3D_WEIGHTS or ~/.cache/fcvc/c3d.pickle for C3D (the "
                    "Sports-1M c3d.pickle of DavideA/c3d-pytorch, which you download yourself), hub otherwise.")
 @click.option("--clip-model", default="c3d", show_default=True,
-              type=click.Choice(["c3d", "x3d_m", "slow_r50", "r2plus1d_r50"]),
+              type=Choice(["c3d", "x3d_m", "slow_r50", "r2plus1d_r50"]),
               help="C3D (Sports-1M, fc6) or a pytorchvideo hub backbone.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch-size", type=int, default=None,
@@ -34,10 +34,10 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="Extract every N-th video starting at I. Default: torchrun's RANK/WORLD_SIZE, else all.")
 @click.option("--store", type=click.Path(path_type=Path), default=None,
               help="Feature store path. Default: <workdir>/features.zarr.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=Choice(["float16", "float32"]), default="float16", show_default=True,
               help="How features are stored (float32 doubles the store; try it when float16 overflows).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds allowed to decode one video.")
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
+@click.option("--decoder", type=Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="auto: decord, falling back to PyAV for files decord cannot read.")
 @click.option("--calibration-frames", type=int, default=64, show_default=True,
               help="Frames used to re-estimate BatchNorm statistics of random weights.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, complete_run, run_and_exit
+from fcvc_pipeline.commands.common import Choice, common_options, complete_run, run_and_exit
 
 
 @click.command()
@@ -14,7 +14,7 @@ from fcvc_pipeline.commands.common import common_options, complete_run, run_and_
 @click.option("--run", "run_name", default=None, shell_complete=complete_run,
               help="Run under <workdir>/runs whose best checkpoint captions the split "
                    "(default: fcvc-cf-ia, or the only run).")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+@click.option("--split", default="test", show_default=True, type=Choice(["train", "val", "test"]),
               help="Which split's references to score against.")
 @click.option("--captions", "captions_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score this file instead of captioning the split: the `fcvc caption --json` list, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import Choice, common_options, run_and_exit
 
 
 @click.command()
@@ -41,7 +41,7 @@ from fcvc_pipeline.commands.common import common_options, run_and_exit
               help="Require `Authorization: Bearer TOKEN` on /v1/ routes (or set FCVC_SERVE_TOKEN, which other "
                    "users cannot read from the process list).")
 @click.option("--threads", type=int, default=None, help="Torch threads for the forward and the beam search.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
+@click.option("--log-level", type=Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="uvicorn's log level (info: one line per request).")
 def serve(workdir: Path, json_out: bool, verbose: bool, model: Path, host: str, port: int, device: str,
           max_upload_mb: float, max_files: int, max_batch: int, batch_wait_ms: float, workers: int | None,

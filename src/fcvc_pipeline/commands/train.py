@@ -9,7 +9,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fcvc_pipeline.commands.common import common_options, complete_model_or_all, complete_run, parse_int_list, run_and_exit
+from fcvc_pipeline.commands.common import (
+    Choice,
+    common_options,
+    complete_model_or_all,
+    complete_run,
+    parse_int_list,
+    run_and_exit,
+)
 
 # Click parameter -> TrainConfig field, where they differ
 PARAM_FIELDS = {"run_name": "run"}
@@ -40,7 +47,7 @@ PARAM_FIELDS = {"run_name": "run"}
 @click.option("--d-model", type=int, default=None, help="Width of the model (default: 512).")
 @click.option("--layers", type=int, default=None, help="Convolutional layers (default: 4; the lstm model ignores it).")
 @click.option("--dropout", type=float, default=None, help="Dropout probability in [0, 1) (default: 0.1).")
-@click.option("--conv-mask", type=click.Choice(["paper", "causal"]), default=None,
+@click.option("--conv-mask", type=Choice(["paper", "causal"]), default=None,
               help="The caption convolution's window: paper (kernel centred on t, right half masked: t-2..t for "
                    "k = 5) or causal (ConvS2S: t-4..t). Default: the model's (see docs/models.md).")
 @click.option("--ema", "ema_decay", type=float, default=0.99, show_default=True,
@@ -50,7 +57,7 @@ PARAM_FIELDS = {"run_name": "run"}
 @click.option("--select-beams", default="1,3,5", show_default=True,
               help="Beam sizes tried on the validation split after training; the best becomes the run's decoding "
                    "('' to skip: beam 5).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="bf16 autocast for the matrix products (auto: on CUDA only; bf16 also helps CPUs with AMX).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--run", "run_name", default=None, shell_complete=complete_run, help="Run name under <workdir>/runs (default: the model name).")

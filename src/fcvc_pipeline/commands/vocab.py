@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fcvc_pipeline.commands.common import common_options, run_and_exit
+from fcvc_pipeline.commands.common import Choice, common_options, run_and_exit
 
 _FORMATS = ("auto", "msvd-csv", "msrvtt-json", "coco-json", "csv", "jsonl")
 
@@ -14,7 +14,7 @@ _FORMATS = ("auto", "msvd-csv", "msrvtt-json", "coco-json", "csv", "jsonl")
 @click.command()
 @common_options
 @click.argument("annotations", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="auto", show_default=True,
+@click.option("--format", "fmt", type=Choice(_FORMATS), default="auto", show_default=True,
               help="Annotation format; auto looks at the content.")
 @click.option("--min-count", type=int, default=2, show_default=True,
               help="Training words seen fewer times become <unk>.")
