@@ -265,3 +265,16 @@ def test_a_misspelled_choice_gets_a_suggestion():
     assert r.exit_code == 2 and "(did you mean 'bf16'?)" in r.output
     r = CliRunner().invoke(main, ["vocab", "x.json", "--format", "zzzzzz"])
     assert r.exit_code == 2 and "did you mean" not in r.output and "is not one of" in r.output
+
+
+def test_every_option_of_every_command_has_help_and_the_common_options_come_first():
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        cmd = main.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            continue
+        missing = [p.opts[0] for p in cmd.params if isinstance(p, click.Option) and not p.help]
+        assert not missing, f"fcvc {name}: options without help: {missing}"
+        first = [p.name for p in cmd.params if isinstance(p, click.Option)][:3]
+        assert first == ["workdir", "json_out", "verbose"], f"fcvc {name}: {first}"
+        assert "Examples:" in (cmd.help or ""), f"fcvc {name} --help has no examples"
