@@ -154,3 +154,18 @@ def test_damaged_checkpoints_are_named_older_ones_are_described_unchecked(traine
     torch.save(old, run / "best.pt")
     contents = checkpoint_info(run / "best.pt").contents
     assert contents["digest"] is None and contents["digest_check"].startswith("absent")
+
+
+def test_info_shows_how_the_videos_were_computed_and_a_mix(tmp_path):
+    w = make_tiny_workdir(tmp_path)
+    store = FeatureStore.open(w / "features.zarr", mode="a")
+    arrays = store.read_video("v000")
+    arrays = {"frame_indices": arrays.frame_indices, "frame_features": arrays.frame_features,
+              "region_features": arrays.region_features, "clip_features": arrays.clip_features}
+    store.write_video("bf16-one", arrays, {"device": "cpu", "precision": "bf16"})
+    store.write_video("fp32-one", arrays, {"device": "cpu", "precision": "fp32"})
+    rc, doc, err = info(str(w / "features.zarr"), "--json")
+    assert rc == 0, err
+    assert doc["computed_with"] == {"bf16 on cpu": 1, "fp32 on cpu": 1,
+                                    "unrecorded precision on an unrecorded device": 18}
+    assert "computed with: bf16 on cpu (1), fp32 on cpu (1)" in err and "a MIX" in err

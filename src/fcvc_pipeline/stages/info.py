@@ -48,6 +48,7 @@ class StoreInfo:
     damaged: dict[str, dict[str, str]] = field(default_factory=dict)  # video -> {file, reason}
     verified: bool = False  # every byte read (--verify), not only the chunk files' sizes
     size_bytes: int = 0
+    computed_with: dict[str, int] = field(default_factory=dict)  # "precision on device" -> complete videos
 
     @property
     def exit_code(self) -> int:
@@ -57,7 +58,8 @@ class StoreInfo:
         return {"kind": "feature store", "path": str(self.path), "complete": self.complete,
                 "failed": self.failed, "being_written": self.being_written, "interrupted": self.interrupted,
                 "unverifiable": self.unverifiable, "damaged": self.damaged, "verified": self.verified,
-                "size_bytes": self.size_bytes, "settings": self.settings, "backbones": self.backbones}
+                "size_bytes": self.size_bytes, "computed_with": self.computed_with, "settings": self.settings,
+                "backbones": self.backbones}
 
 
 def _size(path: Path) -> int:
@@ -82,6 +84,8 @@ def store_info(path: Path, *, verify: bool = False) -> StoreInfo:
         (info.being_written if store.claim_held(vid) else info.interrupted).append(vid)
     for vid in progress.bar(done, desc="verifying" if verify else "checking", unit="video"):
         attrs = store.video_attrs(vid) or {}
+        how = f"{attrs.get('precision', 'unrecorded precision')} on {attrs.get('device', 'an unrecorded device')}"
+        info.computed_with[how] = info.computed_with.get(how, 0) + 1
         if attrs.get("layout") != VIDEO_LAYOUT:
             info.unverifiable += 1
         err = store.check_video(vid, full=verify)
@@ -315,6 +319,10 @@ def report(info: StoreInfo) -> None:
                  f"clip {clip.get('model', 'none')} {clip.get('weights', '')}".rstrip())
     progress.log(f"  videos: {info.complete} complete, {len(info.failed)} failed, "
                  f"{len(info.being_written)} being written, {len(info.interrupted)} interrupted")
+    if info.computed_with:
+        progress.log("  computed with: " + ", ".join(f"{how} ({n})" for how, n in sorted(info.computed_with.items()))
+                     + ("  -- a MIX: the features of one store come from different numerics"
+                        if len(info.computed_with) > 1 else ""))
     if info.unverifiable:
         progress.log(f"  {info.unverifiable} videos were written before checksums: only missing chunks are "
                      f"detected in them (re-extract with --force to checksum them)")
