@@ -171,7 +171,8 @@ def _run_extraction(job: ExtractionJob, t0: float, extracted: list[int], *, refe
 
     choices = {"inception": job.inception, "clip": job.clip}
     backbones = prepare_backbones(store, settings, choices, device, calibration, reference=reference,
-                                  path_overrides=path_overrides)
+                                  path_overrides=path_overrides, precision=job.precision,
+                                  channels_last=job.channels_last)
     run_attrs = {"device": str(device), "precision": backbones.precision}
     with progress.bar(total=len(todo), desc="extract", unit="video") as bar:
         loop = ExtractionLoop(store, backbones, plan, workers=workers, timeout=job.timeout, batch_size=batch_size,
@@ -341,7 +342,8 @@ def extract_in_memory(settings: dict[str, Any], backbones: Backbones, sources: l
 
 def extract_like(reference_store: Path, inputs: list[Path | VideoSource], out_store: Path, *, device: str = "auto",
                  workers: int | None = None, batch_size: int | None = None,
-                 weights_paths: dict[str, Path] | None = None, force: bool = False) -> ExtractResult:
+                 weights_paths: dict[str, Path] | None = None, force: bool = False,
+                 precision: str = "auto") -> ExtractResult:
     """Extract ``inputs`` into ``out_store`` with the settings and the very same networks of ``reference_store``.
 
     ``inputs``: paths (files, folders, list files: the videos' ids are their file stems) or
@@ -350,7 +352,8 @@ def extract_like(reference_store: Path, inputs: list[Path | VideoSource], out_st
     Random (calibrated) networks are rebuilt from the reference's records and saved BatchNorm
     statistics (no corpus needed: works for a single video); ``imagenet``/``hub`` weights come from
     torch's cache; a weights file must still hash to what was recorded (else :class:`MismatchError`);
-    ``weights_paths`` ({"inception"|"clip": path}) points at a moved weights file.
+    ``weights_paths`` ({"inception"|"clip": path}) points at a moved weights file. ``precision``: as
+    ``fcvc extract --precision`` (``auto``: bf16 on CUDA and on CPUs with bf16 units).
     """
     ref = FeatureStore.open(reference_store)
     s = ref.settings
@@ -377,7 +380,7 @@ def extract_like(reference_store: Path, inputs: list[Path | VideoSource], out_st
                         clip=clip_choice(_placeholder(records["clip"]), clip_model) if clip else None,
                         clip_model=clip_model, frames=int(s["frames"]), frame_size=int(s["frame_size"]),
                         dtype=s["dtype"], calibration_frames=int(s["inception"].get("calibration_frames", 64)),
-                        device=device, workers=workers, batch_size=batch_size, force=force)
+                        device=device, workers=workers, batch_size=batch_size, force=force, precision=precision)
     # the settings must be the reference's, byte for byte (a weights file is checked by hash below)
     return run_extraction(job, reference=ref, settings=dict(s),
                           path_overrides={k: Path(v) for k, v in (weights_paths or {}).items()}, command=None)

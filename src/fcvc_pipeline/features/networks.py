@@ -31,6 +31,7 @@ from torch import nn
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import file_sha256
+from fcvc_pipeline.devices import resolve_precision
 from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError
 from fcvc_pipeline.features.backbones import (
     CLIP_MODELS,
@@ -54,6 +55,8 @@ from fcvc_pipeline.features.store import FeatureStore
 
 CALIBRATION_CHUNK = 16  # frames per BatchNorm calibration pass (fixed: the result must not depend on --batch-size)
 CLIP_CALIBRATION_CHUNK = 4
+# Clip networks run in channels_last_3d where it pays (measured on CPU: bench/extract.py); False: contiguous.
+CLIP_CHANNELS_LAST = {"c3d": True, "x3d_m": True, "slow_r50": True, "r2plus1d_r50": True}
 
 
 @dataclass
@@ -78,28 +81,41 @@ class CalibrationData:
 # Running the networks
 # --------------------------------------------------------------------------------------------------
 class Backbones:
-    """The frame network and the optional clip network on one device.
+    """The frame network and the optional clip network on one device, at one precision.
 
-    On CUDA, inputs travel as uint8 through pinned memory with non-blocking copies, the networks
-    run in channels_last layout under bfloat16 autocast; outputs come back as float32 numpy arrays.
+    ``precision``: ``fp32``, ``bf16`` (``torch.autocast(device type, bfloat16)``, on CPU and CUDA) or ``auto``
+    (:func:`fcvc_pipeline.devices.resolve_precision`: bf16 on CUDA and on CPUs with bf16 units). The networks
+    run in channels_last layout on every device (2-D for Inception-V3, 3-D for the clip networks:
+    :data:`CLIP_CHANNELS_LAST` says which); ``channels_last=False`` keeps the contiguous layout (the old CPU
+    path, for benchmarks). On CUDA, inputs travel as uint8 through pinned memory with non-blocking
+    copies. Outputs come back as float32 numpy arrays whatever the precision.
+
+    The networks are built, calibrated and hashed before they get here (``prepare_backbones``,
+    ``network_from_record``), always in fp32 and contiguous: neither the BatchNorm statistics nor the
+    recorded state hash depend on the precision or the layout (the layout changes no value of the state).
     """
 
     def __init__(self, inception: InceptionFeatures, clip: nn.Module | None, clip_info: ClipModelInfo | None,
-                 device: torch.device):
+                 device: torch.device, *, precision: str = "auto", channels_last: bool = True):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.bf16 = resolve_precision(precision, device) == "bf16"
         self.inception = inception.to(device).eval()
         self.clip = clip.to(device).eval() if clip is not None else None
         self.clip_info = clip_info
+        self.frames_channels_last = channels_last
+        self.clips_channels_last = channels_last and clip_info is not None and CLIP_CHANNELS_LAST.get(clip_info.name, False)
         if self.cuda:
             torch.backends.cudnn.benchmark = True  # batch shapes repeat (whole videos per batch)
+        if self.frames_channels_last:
             self.inception = self.inception.to(memory_format=torch.channels_last)
-            if self.clip is not None:
-                self.clip = self.clip.to(memory_format=torch.channels_last_3d)
+        if self.clip is not None and self.clips_channels_last:
+            self.clip = self.clip.to(memory_format=torch.channels_last_3d)
 
     @property
     def precision(self) -> str:
-        return "bf16-autocast" if self.cuda else "fp32"
+        """What each video records: ``bf16-autocast`` or ``fp32`` (the same strings on every device)."""
+        return "bf16-autocast" if self.bf16 else "fp32"
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -108,18 +124,18 @@ class Backbones:
         return t
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def frame_inputs(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [B, S, S, 3] -> the network input on the device (float [B, 3, S, S])."""
         x = preprocess_frames(self._to_device(frames))
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        return x.contiguous(memory_format=torch.channels_last) if self.frames_channels_last else x  # as before: permuted
 
     def clip_inputs(self, clips: np.ndarray) -> torch.Tensor:
         """uint8 [B, L, c, c, 3] -> the clip network input on the device (float [B, 3, L, c, c])."""
         assert self.clip_info is not None
         x = preprocess_clips(self._to_device(clips), self.clip_info)
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.cuda else x.contiguous()
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.clips_channels_last else x.contiguous()
 
     @torch.inference_mode()
     def frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,13 +289,14 @@ def load_from_record(store: FeatureStore, role: str, record: dict[str, Any], *, 
 
 def prepare_backbones(store: FeatureStore, settings: dict[str, Any], choices: dict[str, WeightsChoice | None],
                       device: torch.device, calibration: Callable[[], CalibrationData], *,
-                      reference: FeatureStore | None = None, path_overrides: dict[str, Path] | None = None
-                      ) -> Backbones:
+                      reference: FeatureStore | None = None, path_overrides: dict[str, Path] | None = None,
+                      precision: str = "auto", channels_last: bool = True) -> Backbones:
     """The networks for ``store``: reloaded from its records, else built, calibrated and recorded.
 
     ``choices`` maps "inception"/"clip" to the parsed weights (clip None: no clip features).
     With ``reference``, the records (and blobs) are copied from that store instead of being made.
     Runs under the store lock, so concurrent writers agree on one network (the first one records it).
+    Building, calibrating and hashing are fp32 whatever ``precision`` (the forward's: see :class:`Backbones`).
     """
     path_overrides = path_overrides or {}
     clip_info = CLIP_MODELS[settings["clip"]["model"]] if settings.get("clip") else None
@@ -332,4 +349,5 @@ def prepare_backbones(store: FeatureStore, settings: dict[str, Any], choices: di
             store.put_backbone(role, record, blobs)
             modules[role] = module
     assert modules["inception"] is not None
-    return Backbones(modules["inception"], modules["clip"], clip_info, device)
+    return Backbones(modules["inception"], modules["clip"], clip_info, device, precision=precision,
+                     channels_last=channels_last)

@@ -47,6 +47,8 @@ class ExtractionJob:
     decoder: str = "auto"
     force: bool = False
     verify: bool = False  # read every complete video in full first; damaged ones are extracted again
+    precision: str = "auto"  # auto | fp32 | bf16 (devices.resolve_precision); recorded per video, not a setting
+    channels_last: bool = True  # the networks' layout; False: the old contiguous CPU path (benchmarks only)
 
     def mine(self) -> list[VideoSource]:
         i, n = self.shard

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcvc_pipeline.devices import check_device_spec
+from fcvc_pipeline.devices import check_device_spec, check_precision_spec
 from fcvc_pipeline.errors import ConfigError, require
 from fcvc_pipeline.features.backbones import CLIP_MODELS, INCEPTION_MIN_SIZE, parse_weights
 from fcvc_pipeline.features.extraction import ExtractResult, extract_like, run_extraction
@@ -53,6 +53,7 @@ class ExtractConfig:
     decoder: str = "auto"  # auto (decord, PyAV fallback) | decord | pyav
     calibration_frames: int = 64  # frames for BatchNorm re-estimation of random weights
     verify: bool = False  # read every complete video in full first; damaged ones are extracted again
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 units, else fp32) | fp32 | bf16
 
     @property
     def store_path(self) -> Path:
@@ -83,6 +84,8 @@ class ExtractConfig:
             clip = attempt(clip_choice, self.c3d_weights, self.clip_model)
         if (p := check_device_spec(self.device)):
             problems.append(p)
+        if (p := check_precision_spec(self.precision)):
+            problems.append(p)
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             problems.append(f"--batch-size must be a positive integer (got {self.batch_size!r})")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
@@ -108,7 +111,7 @@ class ExtractConfig:
                              clip_model=self.clip_model, frames=self.frames, frame_size=self.frame_size,
                              dtype=self.dtype, calibration_frames=self.calibration_frames, device=self.device,
                              batch_size=self.batch_size, workers=self.workers, timeout=self.timeout,
-                             decoder=self.decoder, force=self.force, verify=self.verify)
+                             decoder=self.decoder, force=self.force, verify=self.verify, precision=self.precision)
 
 
 def no_videos_found(inputs: tuple[Path, ...]) -> str:
