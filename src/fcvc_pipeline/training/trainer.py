@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary, references_by_video
+from fcvc_pipeline.devices import resolve_precision
 from fcvc_pipeline.errors import MismatchError, StoppedBySignal
 from fcvc_pipeline.evaluation.metrics import count_unk
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
@@ -47,7 +48,7 @@ from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_check
 from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
 from fcvc_pipeline.training.batches import Batch, CaptionSet, build_caption_set, count_batches, make_batches
-from fcvc_pipeline.training.config import TrainConfig, option_name
+from fcvc_pipeline.training.config import CPU_BF16_BY_DEFAULT, TrainConfig, option_name
 from fcvc_pipeline.training.distributed import Dist, barrier, broadcast_flag
 from fcvc_pipeline.training.losses import LossTerms, caption_loss
 from fcvc_pipeline.training.optim import WeightAverage, learning_rate
@@ -117,7 +118,7 @@ class Trainer:
         self.scalars: EpochScalars | None = None
         self._stop_signal: list[int] = []  # filled by SIGTERM/SIGINT while fit() runs
         self.net: torch.nn.Module = self.model
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        use_bf16 = resolve_precision(cfg.precision, device, cpu_bf16_by_default=CPU_BF16_BY_DEFAULT) == "bf16"
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     def schedule_total(self, epochs: int, max_steps: int | None) -> int:
