@@ -596,3 +596,8 @@ def test_bench_extract_prints_side_by_side_figures():
     fig = doc["frames_only"]
     assert fig["videos"] == 2 and fig["frames"] == 4 and fig["bare_frames_per_s"] > 0 and fig["ratio"] > 0
     assert 0 < fig["e2e_compute_share"] <= 1 and "frames_and_c3d" not in doc
+    modes = fig["modes"]
+    assert list(modes) == ["fp32_contiguous", "fp32_channels_last", "bf16_channels_last"]
+    assert modes["fp32_contiguous"]["e2e_speedup"] == 1.0 and modes["fp32_contiguous"]["agreement"]["pooled"]["max_rel_diff"] == 0
+    assert modes["fp32_channels_last"]["agreement"]["regions"]["cosine_mean"] > 0.9999
+    assert all(m["e2e_frames_per_s"] > 0 and m["bare_frames_per_s"] > 0 for m in modes.values())
