@@ -40,10 +40,11 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
 
 
-def test_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch):
+def test_auto_is_bf16_on_cuda_and_on_cpus_only_when_allowed(monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    assert cpu_has_bf16() and resolve_precision("auto", CPU) == "bf16"
-    assert resolve_precision("auto", "cpu", cpu_bf16_by_default=False) == "fp32"  # the module constant's switch
+    assert cpu_has_bf16() and resolve_precision("auto", CPU, cpu_bf16_by_default=True) == "bf16"
+    assert resolve_precision("auto", CPU) == "fp32"  # extraction keeps fp32 on CPUs (devices.py says why)
+    assert resolve_precision("auto", "cpu", cpu_bf16_by_default=False) == "fp32"
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     assert not cpu_has_bf16() and resolve_precision("auto", CPU) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"  # no GPU needed to resolve it
@@ -55,7 +56,8 @@ def test_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch):
     net = InceptionFeatures(build_inception_v3(seed=0))
     assert Backbones(net, None, None, CPU).precision == "fp32"  # auto, no bf16 units
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    assert Backbones(net, None, None, CPU).precision == "bf16-autocast"  # the string CUDA stores always had
+    assert Backbones(net, None, None, CPU).precision == "fp32"  # auto on a CPU: fp32 (EXTRACT_CPU_BF16_BY_DEFAULT)
+    assert Backbones(net, None, None, CPU, precision="bf16").precision == "bf16-autocast"  # CUDA's string
     assert Backbones(net, None, None, CPU, precision="fp32").precision == "fp32"
 
 
