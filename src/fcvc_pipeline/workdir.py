@@ -177,7 +177,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes of every file under ``path`` (files that vanish while counted are skipped)."""
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -255,7 +256,7 @@ def run_summary(run_dir: str | Path, *, now: float | None = None) -> RunSummary:
                    or train_cfg.get("model") or model_cfg.get("model"),
                    epochs_planned=planned if isinstance(planned, int) else None,
                    checkpoints=[c for c in CHECKPOINTS if (run_dir / c).is_file()],
-                   size_bytes=_tree_size(run_dir))
+                   size_bytes=tree_size(run_dir))
     s.epochs_done = out.get("epochs", len(history)) if manifest is not None else len(history)
     scored = [(r["val_cider"], r["epoch"]) for r in history if isinstance(r.get("val_cider"), (int, float))]
     if manifest is not None and "best_val_cider" in out:

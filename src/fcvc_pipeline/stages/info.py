@@ -20,7 +20,6 @@ its file and the reason; ``fcvc extract --verify VIDEOS...`` re-extracts them.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, FcvcError, Missing
 from fcvc_pipeline.features.store import VIDEO_LAYOUT, FeatureStore
 from fcvc_pipeline.inference.checkpoint import DIGEST_KEY, decoding_of, load_checkpoint, model_from_checkpoint
 from fcvc_pipeline.inference.package import package_summary, read_package
-from fcvc_pipeline.workdir import CHECKPOINTS, RUN_FILES, RunSummary, Workdir, run_summary
+from fcvc_pipeline.workdir import CHECKPOINTS, RUN_FILES, RunSummary, Workdir, run_summary, tree_size
 
 
 @dataclass
@@ -62,17 +61,6 @@ class StoreInfo:
                 "backbones": self.backbones}
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def store_info(path: Path, *, verify: bool = False) -> StoreInfo:
     """Inspect the store at ``path`` (a quick check of every video, or with ``verify`` a full read)."""
     store = FeatureStore.open(path)
@@ -91,7 +79,7 @@ def store_info(path: Path, *, verify: bool = False) -> StoreInfo:
         err = store.check_video(vid, full=verify)
         if err is not None:
             info.damaged[vid] = {"file": err.path, "reason": err.reason}
-    info.size_bytes = _size(Path(path))
+    info.size_bytes = tree_size(Path(path))
     return info
 
 
