@@ -69,7 +69,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 import numpy as np
@@ -199,12 +199,12 @@ def memory_snapshot(pid: int) -> dict[str, Any]:
 class ServerProcess:
     """``fcvc serve --model MODEL --port 0 ARGS`` in a subprocess; its URL from its stderr."""
 
-    def __init__(self, label: str, model: Path, args: list[str], threads: int | None):
+    def __init__(self, label: str, model: Path, args: list[str], threads: int | None,
+                 env: Mapping[str, str] | None = None):
         self.label = label
         cmd = [sys.executable, "-m", "fcvc_pipeline", "serve", "--model", str(model), "--port", "0", *args]
-        env = {**os.environ, "FCVC_PROGRESS": "0"}
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = str(threads)
+        env = {**os.environ, "FCVC_PROGRESS": "0", **({"OMP_NUM_THREADS": str(threads)} if threads is not None else {}),
+               **(env or {})}
         self.command = cmd
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -235,11 +235,15 @@ class ServerProcess:
         state = f"exit {code}" if code is not None else "still running"
         return FcvcError(f"the {self.label} server {what} ({state}); its last lines:\n{self.tail()}")
 
-    def wait_ready(self, deadline: float) -> float:
-        """Seconds from the start until /readyz answered 200."""
+    def wait_listening(self, deadline: float) -> None:
+        """Until the server printed its URL (``deadline``: a ``time.monotonic()`` value)."""
         while not self._listening.wait(0.1):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise self._failed("did not start listening")
+
+    def wait_ready(self, deadline: float) -> float:
+        """Seconds from the start until /readyz answered 200."""
+        self.wait_listening(deadline)
         parts = urllib.parse.urlsplit(self.url)
         while True:
             try:
@@ -277,11 +281,13 @@ class ServerProcess:
 
 
 # -- the clients ----------------------------------------------------------------------------------------
-def multipart_body(name: str, data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
-    """One video as the ``file`` part of a multipart/form-data body, then the fields."""
-    out = bytearray(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                    f"Content-Type: video/mp4\r\n\r\n".encode())
-    out += data + b"\r\n"
+def multipart_body(files: Sequence[tuple[str, bytes]], fields: Mapping[str, str]) -> tuple[bytes, str]:
+    """A multipart/form-data body: each (file name, bytes) as a ``file`` part, then the fields."""
+    out = bytearray()
+    for name, data in files:
+        out += (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                f"Content-Type: video/mp4\r\n\r\n").encode()
+        out += data + b"\r\n"
     for key, value in fields.items():
         out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
     out += f"--{BOUNDARY}--\r\n".encode()
@@ -431,7 +437,7 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict[str, Any]:
         model, videos = _prepare(cfg, root)
         setup_seconds = time.perf_counter() - t0
         fields = {} if cfg.figures else {"figure": "false"}
-        bodies = [multipart_body(v.name, v.read_bytes(), fields) for v in videos]
+        bodies = [multipart_body([(v.name, v.read_bytes())], fields) for v in videos]
 
         progress.log("bench serve: starting the batched and the unbatched server")
         for mode in MODES:
