@@ -20,6 +20,7 @@ from fcvc_pipeline.commands.common import (
 
 # Click parameter -> TrainConfig field, where they differ
 PARAM_FIELDS = {"run_name": "run"}
+USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 @click.command()
@@ -70,6 +71,21 @@ PARAM_FIELDS = {"run_name": "run"}
 @click.option("--skip-damaged", is_flag=True,
               help="Check every video's stored features first and train without (listing) the damaged ones, "
                    "instead of stopping on the first one read.")
+@click.option("--scst", is_flag=True,
+              help="Self-critical training: a new run (default name <init>-scst) that starts from --init's best.pt "
+                   "and optimises the CIDEr-D of sampled captions. With --model all: each model's SCST run after "
+                   "its cross-entropy run.")
+@click.option("--init", default=None, shell_complete=complete_run,
+              help="With --scst: the run to start from (a run name, a run directory or a best.pt); its model, "
+                   "vocabulary and features must be this work directory's.")
+@click.option("--scst-samples", type=int, default=5, show_default=True, help="Captions sampled per video and step.")
+@click.option("--scst-baseline", type=Choice(["mean", "greedy"]), default="mean", show_default=True,
+              help="The reward each sample is compared with: the mean of the video's other samples, or the "
+                   "reward of its greedy caption.")
+@click.option("--scst-lr", type=float, default=5e-5, show_default=True,
+              help="Peak learning rate of self-critical training (--lr is the cross-entropy rate).")
+@click.option("--scst-xe-weight", type=float, default=0.0, show_default=True,
+              help="Also add this much of the cross-entropy loss on the reference captions.")
 @click.option("--force", is_flag=True, help="Retrain a run that exists with other settings.")
 def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None, **options: Any):
     """Train a captioner on <workdir>/features.zarr and <workdir>/vocab.
@@ -83,6 +99,7 @@ def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None
       fcvc train --config exp.toml --lr 1e-3       # options from a file; flags override it
       fcvc train --config runs/a/config.json --run b   # repeat run a's settings as run b
       fcvc train --tensorboard                     # then: tensorboard --logdir <workdir>/runs
+      fcvc train --scst --init fcvc-cf-ia          # self-critical fine-tuning of that run -> run fcvc-cf-ia-scst
       torchrun --nproc-per-node 2 -m fcvc_pipeline -- train --run big --device cuda
 
     An extension (--resume with a larger --epochs/--max-steps) continues the optimizer, weight average,
@@ -95,7 +112,7 @@ def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None
     """
     # deferred: torch loads only when the command runs, so --help stays instant
     from fcvc_pipeline.stages.ablation import run_ablation  # noqa: PLC0415
-    from fcvc_pipeline.stages.train import ALL_MODELS, TrainConfig, run_train  # noqa: PLC0415
+    from fcvc_pipeline.stages.train import ALL_MODELS, TrainConfig, run_train, scst_init_model  # noqa: PLC0415
     from fcvc_pipeline.training.config import read_config_file  # noqa: PLC0415
 
     ctx = click.get_current_context()
@@ -104,12 +121,16 @@ def train(workdir: Path, json_out: bool, verbose: bool, config_file: Path | None
         """The command line over the config file over the defaults."""
         values = {PARAM_FIELDS.get(k, k): v for k, v in {"workdir": workdir, **options}.items()}
         values["select_beams"] = parse_int_list(options["select_beams"], "--select-beams")
+        given = {"model"} if ctx.get_parameter_source("model") in USER_SOURCES else set()
         if config_file is not None:
             fields_to_params = {v: k for k, v in PARAM_FIELDS.items()}
             for name, value in read_config_file(config_file).items():
                 param = fields_to_params.get(name, name)
-                if ctx.get_parameter_source(param) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+                if ctx.get_parameter_source(param) not in USER_SOURCES:
                     values[name] = value
+                    given.add(name)
+        if values["scst"] and values["init"] and "model" not in given and values["model"] != ALL_MODELS:
+            values["model"] = scst_init_model(values["workdir"], values["init"]) or values["model"]
         return TrainConfig(**values)
 
     def stage():

@@ -130,6 +130,55 @@ def greedy(model, videos: VideoBatch, *, max_len: int = 20) -> list[Hypothesis]:
         return out  # type: ignore[return-value]
 
 
+@dataclass
+class Samples:
+    """Captions drawn from the model (``sample``): row ``i`` belongs to video ``video_index[i]``."""
+
+    tokens: Tensor  # [R, max_len + 1] sampled ids, then <eos>, then <pad>
+    lengths: Tensor  # [R] tokens before <eos>
+    truncated: Tensor  # [R] bool: <eos> was forced after max_len tokens (it was not drawn)
+    video_index: Tensor  # [R] the video of each row (videos 0..B-1, each repeated ``samples`` times)
+
+
+def sample(model, videos: VideoBatch, *, samples: int, max_len: int, generator: torch.Generator,
+           region_mode: str = DECODE_REGION_MODE) -> Samples:
+    """Draw ``samples`` captions per video from the model's distribution (multinomial, temperature 1), with
+    the incremental decoder and the same rules as the search: ``<pad>``/``<bos>`` are never drawn (their
+    probability is shared out over the rest) and ``<eos>`` is forced after ``max_len`` tokens. Dropout is
+    off (the incremental state assumes it). Only ``generator`` supplies randomness, so a run that saves and
+    restores its state draws the same captions (self-critical training's resume).
+    """
+    _check_options(model, 1, max_len)
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1 (got {samples})")
+    cfg, B = model.config, videos.num_videos
+    device = videos.frames.device
+    R = B * samples
+    video_index = torch.arange(B, device=device).repeat_interleave(samples)
+    tokens = torch.full((R, max_len + 1), cfg.pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((R,), max_len, dtype=torch.long, device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    if B == 0:
+        return Samples(tokens, lengths, done.clone(), video_index)
+    with _eval_mode(model), torch.inference_mode():
+        scorer = _Incremental(model, videos, video_index, row_steps=R * (max_len + 1), region_mode=region_mode)
+        last = torch.full((R,), cfg.bos_id, dtype=torch.long, device=device)
+        for t in range(max_len + 1):
+            logp, _, _ = scorer.step(last)
+            _ban(logp, cfg, force_eos=t == max_len)
+            drawn = torch.multinomial(logp.float().exp(), 1, generator=generator).squeeze(1)
+            drawn = torch.where(done, torch.full_like(drawn, cfg.pad_id), drawn)
+            tokens[:, t] = drawn
+            ended = (drawn == cfg.eos_id) & ~done
+            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
+            done = done | ended
+            if bool(done.all()):
+                break
+            last = torch.where(done, torch.full_like(drawn, cfg.eos_id), drawn)
+    # clones made outside inference mode: the training step feeds these ids through autograd
+    return Samples(tokens.clone(), lengths.clone(), lengths.clone() == max_len, video_index.clone())
+
+
 # -- scoring the next token ---------------------------------------------------------------------------------------
 class _Incremental:
     def __init__(self, model, videos: VideoBatch, video_index: Tensor, *, row_steps: int, region_mode: str):

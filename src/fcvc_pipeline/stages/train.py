@@ -32,10 +32,11 @@ from fcvc_pipeline.artifacts import (
     write_manifest,
 )
 from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.errors import ConfigError, MismatchError, MissingArtifactError, StoppedBySignal, require
+from fcvc_pipeline.errors import ConfigError, FcvcError, MismatchError, MissingArtifactError, StoppedBySignal, require
 from fcvc_pipeline.features.store import FeatureStore
-from fcvc_pipeline.inference.checkpoint import load_checkpoint
+from fcvc_pipeline.inference.checkpoint import content_digest, load_checkpoint, model_from_checkpoint
 from fcvc_pipeline.models import ModelConfig, canonical_model_name
+from fcvc_pipeline.naming import safe_name
 from fcvc_pipeline.training.batches import resolve_training_videos
 from fcvc_pipeline.training.config import ALL_MODELS, PRECISIONS, SCHEDULE_FIELDS, TrainConfig, option_name
 from fcvc_pipeline.training.distributed import init_distributed
@@ -110,9 +111,15 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
     if cfg.skip_damaged:
         usable = leave_out_damaged(store, usable, main=d.main)
     read_ids = sorted({r.video_id for r in rows if r.split in ("train", "val")} & set(usable))
-    model_cfg = model_config(cfg, vocab, store, (read_ids or usable)[0])
+    init = None
+    if cfg.scst:
+        init = load_init(cfg, w, run_dir, vocab, store, main=d.main)
+        model_cfg = scst_model_config(cfg, init, vocab, store, (read_ids or usable)[0])
+    else:
+        model_cfg = model_config(cfg, vocab, store, (read_ids or usable)[0])
     require(model_cfg.validate())  # the model overrides together (heads vs d_model, layers per variant)
-    manifest = train_manifest(cfg, w, vocab, store, model_cfg, read_ids)
+    manifest = train_manifest(cfg, w, vocab, store, model_cfg, read_ids,
+                              init_digest=init_fingerprint(init.checkpoint) if init else None)
     plan = plan_run(cfg, run_dir, manifest, main=d.main)
     if plan.status == "up_to_date":
         out = read_manifest(run_dir).outputs
@@ -125,7 +132,7 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
                            extensions=out.get("extensions", []))
     data = load_train_data(vocab, rows, store, w.features, usable, model_cfg, device, d.main)
     trainer = Trainer(cfg, model_cfg, data, run_dir, dist=d, device=device, manifest_key=manifest.fingerprint(),
-                      settings=manifest.key())
+                      settings=manifest.key(), init=init.checkpoint if init and plan.checkpoint is None else None)
     if plan.checkpoint is not None:
         trainer.restore(plan.checkpoint)
     if plan.extension:
@@ -203,14 +210,107 @@ def leave_out_damaged(store: FeatureStore, video_ids: list[str], *, main: bool) 
 
 
 def train_manifest(cfg: TrainConfig, w: Workdir, vocab: Vocabulary, store: FeatureStore, model_cfg: ModelConfig,
-                   video_ids: list[str]) -> Manifest:
-    """What the run depends on; the features count only through the videos it reads (``video_ids``)."""
+                   video_ids: list[str], *, init_digest: str | None = None) -> Manifest:
+    """What the run depends on; the features count only through the videos it reads (``video_ids``); a
+    self-critical run also on the content of the best.pt it starts from (``init_digest``)."""
     vocab_manifest = read_manifest(w.vocab)
+    inputs = {"vocabulary": vocab.fingerprint(), "captions": vocab_manifest.fingerprint() if vocab_manifest else None,
+              "features": store.content_fingerprint(video_ids)}
+    if cfg.scst:
+        inputs["init"] = init_digest
     return Manifest(stage="train", version=STAGE_VERSION,
-                    config={**cfg.output_fields(), "model_config": model_cfg.to_json()},
-                    inputs={"vocabulary": vocab.fingerprint(),
-                            "captions": vocab_manifest.fingerprint() if vocab_manifest else None,
-                            "features": store.content_fingerprint(video_ids)})
+                    config={**cfg.output_fields(), "model_config": model_cfg.to_json()}, inputs=inputs)
+
+
+# -- self-critical training's starting point ---------------------------------------------------------------
+@dataclass
+class InitRun:
+    """The best.pt a self-critical run starts from (``--init``)."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+
+def init_checkpoint_path(init: str, w: Workdir) -> Path:
+    """``--init``: a run name under <workdir>/runs, a run directory, or a checkpoint file."""
+    p = Path(init)
+    if p.suffix == ".pt":
+        return p
+    if safe_name(init) == init and w.run(init).is_dir():
+        return w.run(init) / "best.pt"
+    return p / "best.pt" if p.is_dir() else w.run(init) / "best.pt"
+
+
+def load_init(cfg: TrainConfig, w: Workdir, run_dir: Path, vocab: Vocabulary, store: FeatureStore, *,
+              main: bool) -> InitRun:
+    """Read and check ``--init``'s best.pt: it must exist, be intact, and come from this work directory's
+    vocabulary and feature settings."""
+    assert cfg.init is not None
+    path = init_checkpoint_path(cfg.init, w)
+    if path.resolve().parent == run_dir.resolve():
+        raise ConfigError(f"--init {cfg.init} is the run being trained ({run_dir}): name the cross-entropy run "
+                          f"to start from, or pick another --run NAME")
+    if not path.is_file():
+        known = [p.name for p in w.run_dirs() if (p / "best.pt").is_file()]
+        raise MissingArtifactError(f"--init {cfg.init}: there is no best.pt at {path}",
+                                   hint=("train that run first (fcvc train --run NAME); runs with a best.pt here: "
+                                         + (", ".join(known) if known else "none")))
+    ckpt = load_checkpoint(path)
+    problems = []
+    if ckpt.get("vocab_fingerprint") != vocab.fingerprint():
+        problems.append(f"it was trained with another vocabulary than {w.vocab}")
+    if ckpt.get("store_settings_fingerprint") != store.settings_fingerprint:
+        problems.append(f"its features came from a store with other settings than {w.features}")
+    if problems:
+        raise MismatchError(f"--init {path} does not belong to this work directory: " + "; ".join(problems),
+                            hint="self-critical training continues a run on the same vocabulary and features; "
+                                 "train a cross-entropy run here first")
+    model_from_checkpoint(ckpt, path)  # the weights fit their model config (an error naming the file if not)
+    if main:
+        if read_manifest(path.parent) is None:
+            progress.warn(f"--init {path}: that run has not finished; starting from its best weights so far")
+        progress.log(f"self-critical training starts from {path} (validation CIDEr "
+                     f"{fmt((ckpt.get('best') or {}).get('cider'))})")
+    return InitRun(path, ckpt)
+
+
+def init_fingerprint(ckpt: dict[str, Any]) -> str:
+    """What a self-critical run depends on in its starting point: the model and its weights (not the decoding
+    that run chose, nor its history)."""
+    return content_digest({"model_config": ckpt["model_config"], "state_dict": ckpt["state_dict"]})
+
+
+def scst_model_config(cfg: TrainConfig, init: InitRun, vocab: Vocabulary, store: FeatureStore,
+                      probe_id: str) -> ModelConfig:
+    """The model a self-critical run trains: the ``--init`` run's, whose dimensions must fit this store and
+    vocabulary; a --model or model option that contradicts it is an error, not an override."""
+    init_cfg = ModelConfig.from_json(init.checkpoint["model_config"])
+    problems = []
+    if canonical_model_name(cfg.model) != init_cfg.model:
+        problems.append(f"--model {cfg.model} (the --init run is {init_cfg.model})")
+    problems += [f"{option_name(k)} {getattr(cfg, k)} (the --init run has {getattr(init_cfg, k)})"
+                 for k in MODEL_OVERRIDES if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(init_cfg, k)]
+    if problems:
+        raise MismatchError(f"self-critical training continues the model of {init.path}, but this command asks for "
+                            + ", ".join(problems), hint="leave these options out: the model comes from --init")
+    expected = model_config(dataclasses.replace(cfg, model=init_cfg.model,
+                                                **{k: getattr(init_cfg, k) for k in MODEL_OVERRIDES}),
+                            vocab, store, probe_id).to_json()
+    differ = [k for k in sorted(expected) if canonical_json(expected[k]) != canonical_json(init_cfg.to_json().get(k))]
+    if differ:
+        raise MismatchError(f"{init.path} was built for other data: "
+                            + ", ".join(f"{k} {init_cfg.to_json().get(k)!r} vs {expected[k]!r} here" for k in differ))
+    return init_cfg
+
+
+def scst_init_model(workdir: Path, init: str) -> str | None:
+    """The model of ``--init``'s best.pt (the default --model of a self-critical run), None if unreadable
+    (the stage then says why)."""
+    path = init_checkpoint_path(init, Workdir(workdir))
+    try:
+        return ModelConfig.from_json(load_checkpoint(path)["model_config"]).model
+    except (FcvcError, KeyError, TypeError):
+        return None
 
 
 def plan_run(cfg: TrainConfig, run_dir: Path, manifest: Manifest, *, main: bool) -> RunPlan:

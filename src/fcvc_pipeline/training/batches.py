@@ -38,6 +38,12 @@ def build_caption_set(rows: Sequence[CaptionRow], vocab: Vocabulary, bank_index:
     )
 
 
+def without_videos(captions: CaptionSet, rows: set[int]) -> CaptionSet:
+    """The caption set without the captions of these bank rows."""
+    keep = [i for i, r in enumerate(captions.video_rows.tolist()) if r not in rows]
+    return CaptionSet(video_rows=captions.video_rows[keep], tokens=[captions.tokens[i] for i in keep])
+
+
 @dataclass
 class Batch:
     video_rows: torch.Tensor  # [B] bank rows of the distinct videos in the batch
@@ -46,9 +52,10 @@ class Batch:
     targets: torch.Tensor  # [R, T] w_1 .. w_n <eos> <pad>...
 
 
-def _pack(captions: CaptionSet, batch_size: int, generator: torch.Generator | None):
+def _pack(captions: CaptionSet, batch_size: int, generator: torch.Generator | None, per_video: int | None = None):
     """(caption ids per video row, the videos of each batch): videos shuffled when ``generator`` is given,
-    then packed whole, in order, until the next one would exceed ``batch_size`` captions."""
+    then packed whole, in order, until the next one would exceed ``batch_size`` captions. ``per_video``:
+    count each video as that many rows instead of its captions (self-critical training's samples)."""
     by_video: dict[int, list[int]] = {}
     for i, row in enumerate(captions.video_rows.tolist()):
         by_video.setdefault(row, []).append(i)
@@ -57,26 +64,28 @@ def _pack(captions: CaptionSet, batch_size: int, generator: torch.Generator | No
         videos = [videos[i] for i in torch.randperm(len(videos), generator=generator).tolist()]
     groups, current, size = [], [], 0
     for v in videos:
-        if current and size + len(by_video[v]) > batch_size:
+        rows = per_video or len(by_video[v])
+        if current and size + rows > batch_size:
             groups.append(current)
             current, size = [], 0
         current.append(v)
-        size += len(by_video[v])
+        size += rows
     if current:
         groups.append(current)
     return by_video, groups
 
 
-def count_batches(captions: CaptionSet, batch_size: int) -> int:
+def count_batches(captions: CaptionSet, batch_size: int, per_video: int | None = None) -> int:
     """Batches of the unshuffled packing, without collating them (a shuffled epoch may pack into a batch
     more or fewer; the trainer uses this count only to plan its learning-rate schedule)."""
-    return len(_pack(captions, batch_size, None)[1])
+    return len(_pack(captions, batch_size, None, per_video)[1])
 
 
 def make_batches(captions: CaptionSet, batch_size: int, *, generator: torch.Generator | None,
-                 vocab: Vocabulary) -> list[Batch]:
-    """Group captions by video, shuffle the videos (when ``generator`` is given), pack whole videos."""
-    by_video, groups = _pack(captions, batch_size, generator)
+                 vocab: Vocabulary, per_video: int | None = None) -> list[Batch]:
+    """Group captions by video, shuffle the videos (when ``generator`` is given), pack whole videos
+    (``per_video``: as in :func:`_pack`)."""
+    by_video, groups = _pack(captions, batch_size, generator, per_video)
     return [_collate(g, by_video, captions, vocab) for g in groups]
 
 

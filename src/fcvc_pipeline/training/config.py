@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ CPU_BF16_BY_DEFAULT = True
 SCHEDULE_FIELDS = ("epochs", "max_steps")
 # What one command does, not a setting of the run: not written to config.json, ignored in a config file.
 ACTION_FIELDS = ("resume", "force")
+SCST_BASELINES = ("mean", "greedy")
+SCST_FIELDS = ("scst", "init", "scst_samples", "scst_baseline", "scst_lr", "scst_xe_weight")
 # A flag's name where it differs from its field (both spellings are accepted as keys of a config file).
 FLAG_ALIASES = {"ema": "ema_decay"}
 # config.json's tables beside "train" (what the run was trained from; not options).
@@ -75,6 +78,16 @@ class TrainConfig:
     # Matrix products under bf16 autocast ("auto": on CUDA, and on CPUs with bf16 units (AVX512-BF16/AMX)
     # while CPU_BF16_BY_DEFAULT). `fcvc bench train --bf16` measured training steps 1.4-2x faster there.
     precision: str = "auto"
+    # Self-critical training (training/scst.py): a new run that starts from the best.pt of run ``init`` and
+    # trains on the CIDEr-D reward of ``scst_samples`` sampled captions per video, against the ``scst_baseline``
+    # ("mean" of the video's other samples, or its "greedy" caption's reward), at learning rate ``scst_lr``
+    # (``lr`` is the cross-entropy rate), plus ``scst_xe_weight`` times the cross-entropy loss.
+    scst: bool = False
+    init: str | None = None  # a run name under <workdir>/runs, or the path of a run directory or its best.pt
+    scst_samples: int = 5
+    scst_baseline: str = "mean"
+    scst_lr: float = 5e-5
+    scst_xe_weight: float = 0.0
     # model overrides (None: the model family's defaults)
     d_model: int | None = None
     layers: int | None = None
@@ -95,7 +108,12 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return self.run or canonical_model_name(self.model)
+        if self.run:
+            return self.run
+        if self.scst and self.init:  # "<init run>-scst"
+            init = Path(self.init)
+            return f"{safe_name(init.parent.name if init.suffix == '.pt' else init.name)}-scst"
+        return canonical_model_name(self.model)
 
     def validate(self) -> list[str]:
         problems = []
@@ -121,6 +139,21 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
                             f"{did_you_mean(self.precision, PRECISIONS)}")
+        if self.scst and not self.init:
+            problems.append("--scst needs --init RUN: the trained run (its best.pt) that self-critical training starts from")
+        if self.init and not self.scst:
+            problems.append("--init is only used with --scst (add --scst, or drop --init)")
+        if self.scst_baseline not in SCST_BASELINES:
+            problems.append(f"--scst-baseline must be one of {', '.join(SCST_BASELINES)} (got {self.scst_baseline!r})"
+                            f"{did_you_mean(self.scst_baseline, SCST_BASELINES)}")
+        minimum = 2 if self.scst_baseline == "mean" else 1
+        if self.scst_samples < minimum:
+            problems.append(f"--scst-samples must be at least {minimum} with --scst-baseline {self.scst_baseline} "
+                            f"(got {self.scst_samples})")
+        if not self.scst_lr > 0:
+            problems.append(f"--scst-lr must be positive (got {self.scst_lr})")
+        if not (self.scst_xe_weight >= 0 and math.isfinite(self.scst_xe_weight)):
+            problems.append(f"--scst-xe-weight must be a finite number >= 0 (got {self.scst_xe_weight})")
         if self.run is not None and safe_name(self.run) != self.run:
             problems.append(f"--run must be a plain name (letters, digits, . _ -), got {self.run!r}")
         if self.conv_mask is not None and self.conv_mask not in CONV_MASKS:
@@ -147,6 +180,10 @@ class TrainConfig:
         skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged", "tensorboard"}
         # fields added later are left out while unset, so the manifests of older runs stay up to date
         unset_is_absent = {"conv_mask"}
+        if self.scst:  # the starting point counts through its best.pt's digest (an input), not its name
+            skip |= {"init", "lr"}
+        else:
+            skip |= set(SCST_FIELDS)
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in skip and not (k in unset_is_absent and v is None)}
 
@@ -159,7 +196,7 @@ class TrainConfig:
 # The fields with a flag of `fcvc train` (the others are set in a config file or from Python).
 FLAG_FIELDS = ("model", "run", "epochs", "max_steps", "batch_size", "lr", "seed", "patience", "checkpoint_every",
                "d_model", "layers", "dropout", "conv_mask", "ema_decay", "label_smoothing", "select_beams",
-               "precision", "device", "resume", "skip_damaged", "force", "tensorboard", "workdir")
+               "precision", "device", "resume", "skip_damaged", "force", "tensorboard", "workdir", *SCST_FIELDS)
 
 
 def option_name(field_name: str) -> str:

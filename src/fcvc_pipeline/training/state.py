@@ -94,7 +94,11 @@ def fmt(x: float | None) -> str:
 
 
 def epoch_line(r: dict[str, Any]) -> str:
-    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.3f} (nll {r['train_nll']:.3f})"]
+    if "train_reward" in r:  # self-critical training
+        parts = [f"epoch {r['epoch']}", f"reward {r['train_reward']:.3f} (baseline {r['train_baseline']:.3f}, "
+                 f"{100 * r['train_positive_advantage']:.0f}% above it, {r['train_sample_length']:.1f} words)"]
+    else:
+        parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.3f} (nll {r['train_nll']:.3f})"]
     if "val_loss" in r:
         parts += [f"val loss {r['val_loss']:.3f}", f"val CIDEr {fmt(r['val_cider'])}", f"BLEU-4 {fmt(r['val_bleu4'])}",
                   f"<unk> {r['val_unk']}"]

@@ -39,19 +39,41 @@ from fcvc_pipeline.artifacts import atomic_write_text
 from fcvc_pipeline.captions.vocabulary import CaptionRow, Vocabulary, references_by_video
 from fcvc_pipeline.devices import resolve_precision
 from fcvc_pipeline.errors import MismatchError, StoppedBySignal
+from fcvc_pipeline.evaluation.cider import CiderD
 from fcvc_pipeline.evaluation.metrics import count_unk
 from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
 from fcvc_pipeline.features.settings import weights_identity
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.captioner import caption_and_score
 from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fcvc_pipeline.inference.decoding import sample
 from fcvc_pipeline.inference.options import DecodingOptions
 from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
-from fcvc_pipeline.training.batches import Batch, CaptionSet, build_caption_set, count_batches, make_batches
+from fcvc_pipeline.training.batches import (
+    Batch,
+    CaptionSet,
+    build_caption_set,
+    count_batches,
+    make_batches,
+    without_videos,
+)
 from fcvc_pipeline.training.config import CPU_BF16_BY_DEFAULT, TrainConfig, option_name
 from fcvc_pipeline.training.distributed import Dist, barrier, broadcast_flag
 from fcvc_pipeline.training.losses import LossTerms, caption_loss
 from fcvc_pipeline.training.optim import WeightAverage, learning_rate
+from fcvc_pipeline.training.scst import (
+    Rewards,
+    ScstStep,
+    baselines,
+    pad_cat,
+    policy_inputs,
+    policy_loss,
+    reward_references,
+    scst_accumulate,
+    scst_means,
+    scst_zero_sums,
+    slice_output,
+)
 from fcvc_pipeline.training.state import TrainState, accumulate, epoch_line, jsonl, means, zero_sums
 from fcvc_pipeline.training.tensorboard import EpochScalars
 
@@ -72,6 +94,7 @@ class TrainData:
     train_set: CaptionSet
     val_set: CaptionSet
     val_refs: dict[str, list[str]]
+    train_rows: list[CaptionRow]  # the training captions with features (self-critical training's references)
 
 
 def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureStore, store_path: Path,
@@ -91,7 +114,8 @@ def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureSto
     return TrainData(vocab=vocab, store=store, store_path=store_path, bank=bank, train_ids=train_ids, val_ids=val_ids,
                      train_set=build_caption_set([r for r in rows if r.split == "train"], vocab, index),
                      val_set=build_caption_set([r for r in rows if r.split == "val"], vocab, index),
-                     val_refs=references_by_video(r for r in rows if r.split == "val" and r.video_id in index))
+                     val_refs=references_by_video(r for r in rows if r.split == "val" and r.video_id in index),
+                     train_rows=[r for r in rows if r.split == "train" and r.video_id in index])
 
 
 class Trainer:
@@ -103,15 +127,25 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, data: TrainData, run_dir: Path, *,
-                 dist: Dist, device: torch.device, manifest_key: str, settings: dict[str, Any] | None = None):
+                 dist: Dist, device: torch.device, manifest_key: str, settings: dict[str, Any] | None = None,
+                 init: dict[str, Any] | None = None):
         self.cfg, self.model_cfg, self.data, self.run_dir = cfg, model_cfg, data, run_dir
         self.dist, self.device, self.manifest_key, self.settings = dist, device, manifest_key, settings
         torch.manual_seed(cfg.seed)
         self.model: CaptionModel = build_model(model_cfg).to(device)
+        if init is not None:  # self-critical training starts from another run's best.pt (checked by the stage)
+            self.model.load_state_dict(init["state_dict"])
         self.parameters = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.base_lr = cfg.scst_lr if cfg.scst else cfg.lr
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr, weight_decay=cfg.weight_decay)
         self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.batches_per_epoch = count_batches(data.train_set, cfg.batch_size) // dist.world
+        self.rewards: Rewards | None = None
+        self.sampler: torch.Generator | None = None
+        if cfg.scst:
+            self.rewards = self.scst_rewards()
+            self.sampler = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 3)
+        self.per_video = cfg.scst_samples if cfg.scst else None
+        self.batches_per_epoch = count_batches(data.train_set, cfg.batch_size, self.per_video) // dist.world
         self.total_steps = self.schedule_total(cfg.epochs, cfg.max_steps)
         self.state = TrainState()
         self.restored = False
@@ -172,17 +206,13 @@ class Trainer:
         return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
 
     # .. one step, one epoch ...................................................................................
-    def train_step(self, b: Batch) -> LossTerms:
-        cfg, dev = self.cfg, self.device
-        s = self.state
-        lr = learning_rate(s.step, base=cfg.lr, warmup=cfg.warmup_steps, total=s.initial_total_steps(self.total_steps),
-                           changes=s.schedule_changes())
+    def train_step(self, b: Batch) -> LossTerms | ScstStep:
+        cfg, s = self.cfg, self.state
+        lr = learning_rate(s.step, base=self.base_lr, warmup=cfg.warmup_steps,
+                           total=s.initial_total_steps(self.total_steps), changes=s.schedule_changes())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        videos = self.data.bank.batch(b.video_rows).to(dev)
-        with self.autocast:
-            out = self.net(videos, b.inputs.to(dev), b.video_index.to(dev))
-        terms = caption_loss(out, b.targets.to(dev), self.model_cfg, label_smoothing=cfg.label_smoothing)
+        terms = self.scst_loss(b) if cfg.scst else self.xe_loss(b)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if cfg.grad_clip > 0:
@@ -193,9 +223,86 @@ class Trainer:
         self.state.step += 1
         return terms
 
+    def xe_loss(self, b: Batch) -> LossTerms:
+        """Eq. 7 on the batch's reference captions (teacher forcing)."""
+        dev = self.device
+        videos = self.data.bank.batch(b.video_rows).to(dev)
+        with self.autocast:
+            out = self.net(videos, b.inputs.to(dev), b.video_index.to(dev))
+        return caption_loss(out, b.targets.to(dev), self.model_cfg, label_smoothing=self.cfg.label_smoothing)
+
+    # .. self-critical training (training/scst.py) ............................................................
+    def scst_rewards(self) -> Rewards:
+        """The reward over the training videos' references; videos with none left after normalisation are
+        taken out of the training set and listed."""
+        d = self.data
+        kept, empty = CiderD.usable(reward_references(d.train_rows))
+        if empty:
+            if self.dist.main:
+                progress.warn(f"self-critical training skips {len(empty)} training video(s) whose references have "
+                              f"no words left after normalisation: {', '.join(empty[:10])}"
+                              + (" ..." if len(empty) > 10 else ""))
+            index = d.bank.index()
+            d.train_set = without_videos(d.train_set, {index[v] for v in empty})
+        if not kept:
+            raise MismatchError("no training video has a reference caption with words in it: nothing to reward")
+        return Rewards(kept, d.vocab)
+
+    def scst_loss(self, b: Batch) -> ScstStep:
+        """Sample, reward, baseline, and the policy-gradient loss (+ the cross-entropy term when weighted)."""
+        cfg, dev, d = self.cfg, self.device, self.data
+        assert self.rewards is not None and self.sampler is not None
+        S, max_len = cfg.scst_samples, d.vocab.max_len
+        videos = d.bank.batch(b.video_rows).to(dev)
+        ids = [d.bank.video_ids[r] for r in b.video_rows.tolist()]
+        with self.autocast:
+            samples = sample(self.model, videos, samples=S, max_len=max_len, generator=self.sampler)
+        rewards = self.rewards(ids, samples)
+        greedy_rewards = None
+        if cfg.scst_baseline == "greedy":
+            with self.autocast:
+                greedy_rewards = self.rewards.greedy_rewards(self.model, videos, ids, max_len)
+        base = baselines(rewards, S, cfg.scst_baseline, greedy_rewards)
+        advantage = torch.tensor(rewards - base, dtype=torch.float32, device=dev)
+        inputs, targets, mask = policy_inputs(samples, self.model_cfg)
+        rows, width = inputs.shape
+        video_index = samples.video_index
+        xe = cfg.scst_xe_weight > 0
+        if xe:  # the reference captions ride in the same forward
+            inputs = pad_cat(inputs, b.inputs.to(dev), self.model_cfg.pad_id)
+            video_index = torch.cat([video_index, b.video_index.to(dev)])
+        self.model.eval()  # the policy that drew the samples: dropout off
+        try:
+            with self.autocast:
+                out = self.net(videos, inputs, video_index)
+        finally:
+            self.model.train()
+        pg = policy_loss(slice_output(out, slice(0, rows), width), targets, mask, advantage, self.model_cfg)
+        step = ScstStep(total=pg, pg_loss=float(pg.detach()), rewards=rewards, baselines=base,
+                        sample_tokens=int(samples.lengths.sum()))
+        if xe:
+            terms = caption_loss(slice_output(out, slice(rows, None), b.inputs.shape[1]), b.targets.to(dev),
+                                 self.model_cfg, label_smoothing=cfg.label_smoothing)
+            step.total = pg + cfg.scst_xe_weight * terms.total
+            step.nll, step.tokens = float(terms.nll.detach()), terms.tokens
+        return step
+
+    def zero_sums(self) -> dict[str, float]:
+        return scst_zero_sums() if self.cfg.scst else zero_sums()
+
+    def accumulate(self, step: LossTerms | ScstStep) -> None:
+        if isinstance(step, ScstStep):
+            scst_accumulate(self.state.sums, step)
+        else:
+            accumulate(self.state.sums, step)
+
+    def means(self, sums: dict[str, float]) -> dict[str, Any]:
+        return scst_means(sums) if self.cfg.scst else means(sums)
+
     def epoch_batches(self, epoch: int) -> list[Batch]:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        batches = make_batches(self.data.train_set, self.cfg.batch_size, generator=gen, vocab=self.data.vocab)
+        batches = make_batches(self.data.train_set, self.cfg.batch_size, generator=gen, vocab=self.data.vocab,
+                               per_video=self.per_video)
         if self.dist.enabled:
             d = self.dist
             batches = batches[: len(batches) - len(batches) % d.world][d.rank::d.world]
@@ -207,7 +314,7 @@ class Trainer:
         epoch = s.epoch
         batches = self.epoch_batches(epoch)
         if not s.batch:
-            s.sums = zero_sums()
+            s.sums = self.zero_sums()
         self.model.train()
         t0 = time.perf_counter()
         stop = False
@@ -216,9 +323,12 @@ class Trainer:
             bar.update(s.batch)
         for i in range(s.batch, len(batches)):
             terms = self.train_step(batches[i])
-            accumulate(s.sums, terms)
+            self.accumulate(terms)
             if bar is not None:
-                bar.set_postfix(loss=f"{terms.total.item():.3f}")
+                if isinstance(terms, ScstStep):
+                    bar.set_postfix(reward=f"{terms.rewards.mean():.3f}")
+                else:
+                    bar.set_postfix(loss=f"{terms.total.item():.3f}")
                 bar.update(1)
             last_of_run = self.reached_max_steps()
             if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and i + 1 < len(batches) \
@@ -236,8 +346,8 @@ class Trainer:
             bar.close()
         seconds = time.perf_counter() - t0 + s.sums.get("seconds_before", 0.0)
         record = {"epoch": epoch + 1, "step": s.step, "lr": self.optimizer.param_groups[0]["lr"],
-                  **means(s.sums), "seconds": seconds, "sec_per_10M_params": seconds / (self.parameters / 1e7)}
-        s.epoch, s.batch, s.sums = epoch + 1, 0, zero_sums()
+                  **self.means(s.sums), "seconds": seconds, "sec_per_10M_params": seconds / (self.parameters / 1e7)}
+        s.epoch, s.batch, s.sums = epoch + 1, 0, self.zero_sums()
         if main:
             stop = self.end_of_epoch(record) or stop
         return broadcast_flag(stop, self.dist, self.device)
@@ -350,7 +460,8 @@ class Trainer:
         the evaluated weights alone)."""
         payload = {**self.identity(),
                    "rng": {"torch": torch.get_rng_state(),
-                           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+                           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                   **({"sample": self.sampler.get_state()} if self.sampler is not None else {})}}
         if position is not None:
             payload.update(settings=self.settings, state_dict=self.model.state_dict(),
                            ema_state_dict=self.ema.model.state_dict() if self.ema is not None else None,
@@ -372,6 +483,11 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if self.sampler is not None:  # self-critical training: the sampling stream goes on where it was
+            if ckpt["rng"].get("sample") is None:
+                raise MismatchError("this last.pt has no sampling state: it was not written by self-critical training",
+                                    hint="--force to start the run over")
+            self.sampler.set_state(ckpt["rng"]["sample"])
         self.state = TrainState.from_checkpoint(ckpt)
         self.restored = True
         if self.dist.main:
