@@ -101,3 +101,24 @@ def test_bench_train_json():
 def test_bench_train_rejects_a_bad_batch():
     result = CliRunner().invoke(main, ["bench", "train", "--captions", "5", "--captions-per-video", "2", *SMALL])
     assert result.exit_code == 2 and "multiple" in result.output
+
+
+def test_bench_train_scst_json():
+    out = _run(["train", "--scst", "--captions", "6", "--scst-samples", "3", "--corpus-videos", "5",
+                "--captions-per-video", "4", "--steps", "3", "--warmup", "0", "--max-len", "6",
+                "--scst-baseline", "greedy", *SMALL])
+    assert out["config"]["videos"] == 2 and out["config"]["samples"] == 3 and out["config"]["corpus_videos"] == 5
+    assert list(out["models"]) == ["fcvc-cf-ia"]  # the default model of the SCST bench
+    row = out["models"]["fcvc-cf-ia"]
+    assert row["parameters"] == build_model(_shapes(6).model_config("fcvc-cf-ia")).num_parameters()
+    every = row["seconds_all"]
+    assert set(every) == {"sample", "reward", "greedy", "forward_backward", "pycocoevalcap_reward"}
+    assert all(len(v) == 3 for v in every.values())
+    med = {p: statistics.median(v) for p, v in every.items()}
+    assert row["seconds"] == pytest.approx(med, rel=1e-12)
+    step = med["sample"] + med["reward"] + med["greedy"] + med["forward_backward"]
+    assert row["step_seconds"] == pytest.approx(step, rel=1e-9)
+    assert row["reward_to_forward_backward"] == pytest.approx(med["reward"] / med["forward_backward"], rel=1e-9)
+    assert row["reward_share_of_step"] == pytest.approx(med["reward"] / step, rel=1e-9)
+    assert row["pycocoevalcap_to_reward"] == pytest.approx(med["pycocoevalcap_reward"] / med["reward"], rel=1e-9)
+    assert 0 < row["mean_sample_length"] <= 6

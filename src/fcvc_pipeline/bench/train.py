@@ -24,6 +24,7 @@ import torch
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.bench.model_inputs import Shapes, Timing, random_videos, setup, shape_options, timed
+from fcvc_pipeline.bench.scst import ScstBenchConfig, run_scst_bench
 from fcvc_pipeline.commands.common import common_options, run_and_exit
 from fcvc_pipeline.errors import require
 from fcvc_pipeline.models import ABLATION_ORDER, build_model, canonical_model_name
@@ -187,15 +188,34 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
 @click.option("--max-len", type=int, default=20, show_default=True)
 @click.option("--bf16/--fp32", "bf16", default=None, help="bf16 autocast (default: on CUDA only, like the trainer).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scst", is_flag=True,
+              help="Time a self-critical step instead, phase by phase (sampling, reward, forward+backward) for "
+                   "--models (default then: fcvc-cf-ia): batches of --captions / --scst-samples videos, a reward "
+                   "corpus of --corpus-videos videos x --captions-per-video references.")
+@click.option("--scst-samples", type=int, default=5, show_default=True, help="With --scst: samples per video.")
+@click.option("--scst-baseline", type=click.Choice(["mean", "greedy"]), default="mean", show_default=True,
+              help="With --scst: greedy also times the greedy captions and their reward.")
+@click.option("--corpus-videos", type=int, default=1000, show_default=True,
+              help="With --scst: videos in the reward's reference corpus (MSVD has 1,200 training videos).")
 @shape_options
 @common_options
-def bench_train(models, captions, captions_per_video, steps, warmup, max_len, bf16, seed, vocab, frames, regions,
-                frame_dim, clip_dim, region_dim, d_model, device, threads, workdir, json_out, verbose):
-    """Training step time per 10M parameters, every model against lstm (same batch, same run)."""
+def bench_train(models, captions, captions_per_video, steps, warmup, max_len, bf16, seed, scst, scst_samples,
+                scst_baseline, corpus_videos, vocab, frames, regions, frame_dim, clip_dim, region_dim, d_model, device,
+                threads, workdir, json_out, verbose):
+    """Training step time per 10M parameters, every model against lstm (same batch, same run); with --scst,
+    the cost of a self-critical step's reward against its forward and backward."""
 
     def run():
         shapes = Shapes(vocab=vocab, frames=frames, regions=regions, frame_dim=frame_dim, clip_dim=clip_dim,
                         region_dim=region_dim, d_model=d_model, max_len=max_len)
+        if scst:
+            chosen = "fcvc-cf-ia" if click.get_current_context().get_parameter_source("models").name == "DEFAULT" \
+                else models
+            return run_scst_bench(ScstBenchConfig(
+                models=tuple(m.strip() for m in chosen.split(",") if m.strip()), videos=captions // scst_samples,
+                samples=scst_samples, baseline=scst_baseline, corpus_videos=corpus_videos,
+                refs_per_video=captions_per_video, steps=steps, warmup=warmup, shapes=shapes, device=device,
+                threads=threads, bf16=bf16, seed=seed))
         cfg = TrainBenchConfig(models=tuple(m.strip() for m in models.split(",") if m.strip()), captions=captions,
                                captions_per_video=captions_per_video, steps=steps, warmup=warmup, shapes=shapes,
                                device=device, threads=threads, bf16=bf16, seed=seed)

@@ -139,8 +139,11 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
                             f"{did_you_mean(self.precision, PRECISIONS)}")
-        if self.scst and not self.init:
+        if self.scst and not self.init and self.model != ALL_MODELS:
             problems.append("--scst needs --init RUN: the trained run (its best.pt) that self-critical training starts from")
+        if self.init and self.model == ALL_MODELS:
+            problems.append("--init does not go with --model all: each model's self-critical run starts from its own "
+                            "cross-entropy run")
         if self.init and not self.scst:
             problems.append("--init is only used with --scst (add --scst, or drop --init)")
         if self.scst_baseline not in SCST_BASELINES:
