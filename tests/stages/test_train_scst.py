@@ -177,3 +177,17 @@ def test_a_non_finite_reward_stops_training_with_the_video_named(trained, tmp_pa
     monkeypatch.setattr(scst_module.CiderD, "score", broken)  # a reward bug, simulated
     with pytest.raises(scst_module.NonFiniteRewardError, match="video 'v0"):
         run_train(TrainConfig(workdir=w, epochs=1, **SCST))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_scst_on_cpu(trained, tmp_path):
+    w = _copy(trained, tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "fcvc_pipeline", "train", "--workdir", str(w), "--scst", "--init", "base", "--epochs", "2",
+           "--scst-samples", "2", "--batch-size", "4", "--select-beams", "", "--device", "cpu", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)  # one JSON document: rank 0 alone prints
+    assert doc["epochs"] == 2 and doc["run"].endswith("base-scst")
+    records = _metrics(w / "runs" / "base-scst")
+    assert len(records) == 2 and all(r["train_reward"] > 0 for r in records)
