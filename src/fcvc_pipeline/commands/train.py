@@ -82,7 +82,7 @@ USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 @click.option("--scst-baseline", type=Choice(["mean", "greedy"]), default="mean", show_default=True,
               help="The reward each sample is compared with: the mean of the video's other samples, or the "
                    "reward of its greedy caption.")
-@click.option("--scst-lr", type=float, default=5e-5, show_default=True,
+@click.option("--scst-lr", type=float, default=2e-5, show_default=True,
               help="Peak learning rate of self-critical training (--lr is the cross-entropy rate).")
 @click.option("--scst-xe-weight", type=float, default=0.0, show_default=True,
               help="Also add this much of the cross-entropy loss on the reference captions.")

@@ -86,7 +86,7 @@ class TrainConfig:
     init: str | None = None  # a run name under <workdir>/runs, or the path of a run directory or its best.pt
     scst_samples: int = 5
     scst_baseline: str = "mean"
-    scst_lr: float = 5e-5
+    scst_lr: float = 2e-5  # chosen on validation: docs/scst.md
     scst_xe_weight: float = 0.0
     # model overrides (None: the model family's defaults)
     d_model: int | None = None
