@@ -191,3 +191,21 @@ def test_two_process_torchrun_scst_on_cpu(trained, tmp_path):
     assert doc["epochs"] == 2 and doc["run"].endswith("base-scst")
     records = _metrics(w / "runs" / "base-scst")
     assert len(records) == 2 and all(r["train_reward"] > 0 for r in records)
+
+
+def test_the_starting_weights_stay_best_until_an_epoch_beats_them(trained, tmp_path, one_thread, capsys):
+    """Epoch 0 is the --init weights: a self-critical run that only makes things worse (a learning rate far
+    too high) ends with best.pt = those weights, says so, and the decoding is chosen for them."""
+    w = _copy(trained, tmp_path)
+    start_cider = _metrics(w / "runs" / "base")
+    res = run_train(TrainConfig(workdir=w, epochs=1, ema_decay=0.0, **{**SCST, "scst_lr": 0.01, "warmup_steps": 0}))
+    err = capsys.readouterr().err
+    assert "epoch 0 (the --init weights): val CIDEr" in err
+    assert "no self-critical epoch beat the --init weights" in err
+    assert read_manifest(res.run).outputs["best_epoch"] == 0
+    assert res.best_val_cider == pytest.approx(max(r["val_cider"] for r in start_cider), abs=1e-9)
+    assert all(r["val_cider"] < res.best_val_cider for r in _metrics(res.run))
+    start = load_checkpoint(w / "runs" / "base" / "best.pt")["state_dict"]
+    best = load_checkpoint(res.run / "best.pt")
+    assert all(torch.equal(start[k], best["state_dict"][k]) for k in start)
+    assert best["decoding"] is not None

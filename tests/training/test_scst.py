@@ -128,3 +128,13 @@ def test_reward_references_use_the_vocabulary_normalisation_untruncated():
     rows = [CaptionRow("v", "train", "A Man, RUNS fast!", ("a", "man")), CaptionRow("v", "train", "?!", ()),
             CaptionRow("w", "train", "A dog.", ("a", "dog"))]
     assert reward_references(rows) == {"v": ["a man runs fast", ""], "w": ["a dog"]}
+
+
+def test_a_diverged_model_is_a_clear_error_not_a_sample():
+    from fcvc_pipeline.inference.decoding import NonFiniteModelError
+
+    m = _model()
+    with torch.no_grad():
+        next(m.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteModelError, match="not finite"):
+        sample(m, _videos(), samples=2, max_len=4, generator=torch.Generator().manual_seed(0))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fcvc_pipeline.errors import ConfigError
+from fcvc_pipeline.errors import ConfigError, FcvcError
 from fcvc_pipeline.models.state import VideoBatch
 
 DECODE_REGION_MODE = "project"
@@ -130,6 +130,10 @@ def greedy(model, videos: VideoBatch, *, max_len: int = 20) -> list[Hypothesis]:
         return out  # type: ignore[return-value]
 
 
+class NonFiniteModelError(FcvcError):
+    """The model's output is NaN or infinite: there is nothing meaningful to sample."""
+
+
 @dataclass
 class Samples:
     """Captions drawn from the model (``sample``): row ``i`` belongs to video ``video_index[i]``."""
@@ -166,7 +170,13 @@ def sample(model, videos: VideoBatch, *, samples: int, max_len: int, generator: 
         for t in range(max_len + 1):
             logp, _, _ = scorer.step(last)
             _ban(logp, cfg, force_eos=t == max_len)
-            drawn = torch.multinomial(logp.float().exp(), 1, generator=generator).squeeze(1)
+            probs = logp.float().exp()
+            if not bool((torch.isfinite(probs).all(dim=1) & (probs.sum(dim=1) > 0)).all()):
+                raise NonFiniteModelError(f"the model's next-word probabilities at step {t + 1} are not finite "
+                                          f"numbers (NaN or infinity): its weights have diverged",
+                                          hint="lower the learning rate and start again from the last good "
+                                               "checkpoint (--force)")
+            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             drawn = torch.where(done, torch.full_like(drawn, cfg.pad_id), drawn)
             tokens[:, t] = drawn
             ended = (drawn == cfg.eos_id) & ~done

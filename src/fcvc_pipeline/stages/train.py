@@ -159,6 +159,9 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
                             "sec_per_10M_params": seconds_per_epoch / (parameters / 1e7) if seconds_per_epoch else None,
                             "history": state.history, "extensions": state.extensions}
         write_manifest(run_dir, manifest)
+        if cfg.scst and state.best_epoch == 0:
+            progress.warn(f"no self-critical epoch beat the --init weights' validation CIDEr ({fmt(state.best_cider)}): "
+                          f"best.pt keeps those weights")
         progress.log(f"train [{cfg.run_name}]: done, best validation CIDEr "
                      f"{fmt(state.best_cider)} at epoch {state.best_epoch}, decoding with beam "
                      f"{decoding_json['beam_size']}; checkpoints in {run_dir}")

@@ -187,6 +187,8 @@ class Trainer:
             progress.log(f"train [{self.cfg.run_name}]: {self.cfg.model}, {self.parameters / 1e6:.2f}M parameters, "
                          f"{len(d.train_ids)} train / {len(d.val_ids)} val videos, {len(d.train_set)} captions, "
                          f"{self.batches_per_epoch} batches per epoch on {self.device}")
+        if self.cfg.scst and not self.restored and self.dist.main:
+            self.validate_start()
         # a run resumed after it had already stopped (early stop or --max-steps) goes straight to the end
         stop = (self.state.batch == 0 and self.out_of_patience()) or self.reached_max_steps()
         while self.state.epoch < self.cfg.epochs and not stop:
@@ -286,6 +288,18 @@ class Trainer:
             step.total = pg + cfg.scst_xe_weight * terms.total
             step.nll, step.tokens = float(terms.nll.detach()), terms.tokens
         return step
+
+    def validate_start(self) -> None:
+        """Self-critical training: the starting weights are "epoch 0". Their validation CIDEr is the one to beat
+        and they are best.pt until an epoch beats them, so SCST never leaves a run worse than it found it on
+        validation; early stopping counts from there too."""
+        s = self.state
+        scores = self.evaluate(self.model)
+        if scores.get("val_cider") is None:
+            return  # no validation split: best.pt follows the last epoch, as in any run
+        s.best_cider, s.best_epoch = scores["val_cider"], 0
+        self.save(self.run_dir / "best.pt", weights=self.model)
+        progress.log(f"epoch 0 (the --init weights): val CIDEr {scores['val_cider']:.3f}  BLEU-4 {scores['val_bleu4']:.3f}")
 
     def zero_sums(self) -> dict[str, float]:
         return scst_zero_sums() if self.cfg.scst else zero_sums()
