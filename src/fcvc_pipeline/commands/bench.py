@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "checksums": "fcvc_pipeline.bench.checksums:bench_checksums",
     "caption": "fcvc_pipeline.bench.caption:bench_caption",
     "serve": "fcvc_pipeline.bench.serve:bench_serve",
+    "data": "fcvc_pipeline.bench.data:bench_data",
 }
 
 
