@@ -48,6 +48,9 @@ class DamagedFeaturesError(FcvcError):
                               "trains without them")
 
 
+ARRAYS = (("frames", "frame_features"), ("clips", "clip_features"), ("regions", "region_features"))
+
+
 @dataclass
 class FeatureBank:
     """Features of a set of videos, stacked (kept in the store's dtype; cast per batch)."""
@@ -67,13 +70,17 @@ class FeatureBank:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.frames, self.clips, self.regions) if t is not None)
 
+    def video_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        """Stored array name -> the shape one video contributes (None: not held)."""
+        return {key: None if getattr(self, field) is None else tuple(getattr(self, field).shape[1:])
+                for field, key in ARRAYS}
+
     def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32):
         """The :class:`VideoBatch` of the videos at ``rows`` (indices into this bank)."""
         pick = lambda t: None if t is None else t.index_select(0, rows.to(t.device)).to(dtype)  # noqa: E731
         return VideoBatch(frames=pick(self.frames), clips=pick(self.clips), regions=pick(self.regions))
 
 
-ARRAYS = (("frames", "frame_features"), ("clips", "clip_features"), ("regions", "region_features"))
 FEATURE_MODES = ("auto", "memory", "stream")
 DEFAULT_BUDGET = "50%"  # of the memory available when training starts (MemAvailable on Linux)
 
@@ -187,6 +194,10 @@ class StoreBank:
     def nbytes(self) -> int:
         """What the whole bank would take in memory (nothing is held)."""
         return self.layout.video_nbytes() * len(self.video_ids) if self.video_ids else 0
+
+    def video_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        shapes = self.layout.shapes
+        return {key: shapes[field][0] if field in shapes else None for field, key in ARRAYS}
 
     def arrays(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
         """The stored arrays of the videos at ``rows``, stacked (the store's dtype)."""
