@@ -93,3 +93,17 @@ def test_score_scores_the_videos_with_features_and_lists_the_missing_with_exit_1
     doc = json.loads(out.output[out.output.index("{"):])
     assert doc["missing"] == [test_ids[0]] and doc["videos"] == len(test_ids) - 1
     assert f"1 of {len(test_ids)} 'test' videos have no features" in out.output
+
+
+def test_a_split_larger_than_the_memory_budget_is_captioned_streamed(trained, monkeypatch, capsys):
+    """Over the budget the split's features are read 32 videos at a time: the same captions, nothing held."""
+    w, res = trained
+    loaded = json.loads(caption_split(w, res.run.name, "test", beam_size=2, device="cpu").read_text())
+    shutil.rmtree(res.run / "captions")
+    monkeypatch.setattr(captioner_module, "parse_budget", lambda text: 0)
+    monkeypatch.setattr(captioner_module, "load_feature_bank",
+                        lambda *a, **k: pytest.fail("a split over the budget must not be loaded whole"))
+    capsys.readouterr()
+    streamed = json.loads(caption_split(w, res.run.name, "test", beam_size=2, device="cpu").read_text())
+    assert "features: streamed from" in capsys.readouterr().err
+    assert streamed == loaded

@@ -60,6 +60,15 @@ USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
                    "('' to skip: beam 5).")
 @click.option("--precision", type=Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="bf16 autocast for the matrix products (auto: on CUDA only; bf16 also helps CPUs with AMX).")
+@click.option("--features", type=Choice(["auto", "memory", "stream"]), default="auto", show_default=True,
+              help="Hold every train/val video's features in memory (under torchrun: one shared copy per machine), "
+                   "or stream each batch's videos from the store with --loader-workers processes reading ahead; "
+                   "auto: memory when they fit --memory-budget. Same numbers either way.")
+@click.option("--memory-budget", default=None,
+              help="For --features auto: the most memory the features may take, as a size (8GiB, 500MB) or a "
+                   "share of the memory available at start (default 50%).")
+@click.option("--loader-workers", type=int, default=2, show_default=True,
+              help="With streamed features: processes reading batches ahead (0: read in the training process).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--run", "run_name", default=None, shell_complete=complete_run, help="Run name under <workdir>/runs (default: the model name).")
 @click.option("--resume", is_flag=True,

@@ -33,7 +33,14 @@ from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vo
 from fcvc_pipeline.devices import resolve_device
 from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
-from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
+from fcvc_pipeline.features.bank import (
+    FeatureBank,
+    StoreBank,
+    bank_layout,
+    choose_feature_mode,
+    load_feature_bank,
+    parse_budget,
+)
 from fcvc_pipeline.features.extraction import VideoResult, extract_in_memory
 from fcvc_pipeline.features.networks import Backbones
 from fcvc_pipeline.features.settings import decode_plan
@@ -57,7 +64,7 @@ CAPTION_GROUP = 32  # videos per beam search (and the most features Captioner.ca
 
 
 @torch.inference_mode()
-def caption_bank(model: CaptionModel, bank: FeatureBank, options: DecodingOptions, *,
+def caption_bank(model: CaptionModel, bank: FeatureBank | StoreBank, options: DecodingOptions, *,
                  rows: Sequence[int] | None = None, batch_videos: int = 32,
                  device: torch.device | str = "cpu") -> dict[str, Hypothesis]:
     """video id -> :class:`Hypothesis` for the bank rows given (all by default)."""
@@ -79,7 +86,7 @@ def caption_bank(model: CaptionModel, bank: FeatureBank, options: DecodingOption
     return out
 
 
-def caption_and_score(model: CaptionModel, bank: FeatureBank, vocab: Vocabulary,
+def caption_and_score(model: CaptionModel, bank: FeatureBank | StoreBank, vocab: Vocabulary,
                       references: Mapping[str, Sequence[str]], options: DecodingOptions, *,
                       metrics: tuple[str, ...], device: torch.device | str = "cpu"
                       ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -171,7 +178,7 @@ class Captioner:
         return cls(model=model, vocab=package.vocab, options=package.decoding, checkpoint=entries, path=path,
                    device=dev, extraction=package.features, provenance=package.provenance)
 
-    def caption_bank(self, bank: FeatureBank, options: DecodingOptions | None = None,
+    def caption_bank(self, bank: FeatureBank | StoreBank, options: DecodingOptions | None = None,
                      rows: Sequence[int] | None = None) -> dict[str, Hypothesis]:
         return caption_bank(self.model, bank, options or self.options, rows=rows, device=self.device)
 
@@ -261,12 +268,12 @@ class Captioner:
             out[name] = array
         return out, None
 
-    def _check_bank(self, bank: FeatureBank) -> None:
-        arrays = {"frame_features": bank.frames, "clip_features": bank.clips, "region_features": bank.regions}
+    def _check_bank(self, bank: FeatureBank | StoreBank) -> None:
+        arrays = bank.video_shapes()
         for name, shape in self._expected().items():
-            t = arrays[name]
-            if t is None or tuple(t.shape[1:]) != shape:
-                have = "none" if t is None else list(t.shape[1:])
+            have = arrays[name]
+            if have is None or tuple(have) != shape:
+                have = "none" if have is None else list(have)
                 raise MismatchError(f"the feature bank's {name} per video: {have}; the model expects {list(shape)}")
 
     def caption(self, videos: Sequence[str | Path] | str | Path, *, beam_size: int | None = None,
@@ -393,6 +400,19 @@ def check_vocabulary(ckpt: dict[str, Any], vocab: Vocabulary, checkpoint_path: P
                             hint="rerun `fcvc vocab` with the original annotations, or retrain")
 
 
+def split_features(store: FeatureStore, store_path: Path, video_ids: list[str], *,
+                   regions: bool) -> FeatureBank | StoreBank:
+    """A split's features: loaded at once (every damaged video listed before any captioning) when they fit the
+    default memory budget, else streamed 32 videos at a time (memory bounded whatever the split's size; a
+    damaged video stops captioning when it is reached)."""
+    nbytes = bank_layout(store, video_ids[0], regions=regions).video_nbytes() * len(video_ids)
+    mode, why = choose_feature_mode("auto", nbytes, parse_budget(None))
+    if mode == "stream":
+        progress.log(f"features: streamed from {store_path} ({why})")
+        return StoreBank(store_path, video_ids, regions=regions)
+    return load_feature_bank(store, video_ids, regions=regions)
+
+
 def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int | None = None,
                   max_len: int | None = None, length_penalty: float | None = None,
                   device: str = "auto") -> Path:
@@ -426,7 +446,7 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     if ckpt.get("store_settings_fingerprint") != store.settings_fingerprint:
         raise MismatchError(f"{ckpt_path} was trained on features extracted with other settings than {w.features}")
     captioner = Captioner.from_checkpoint(ckpt_path, resolve_device(device), checkpoint=ckpt)
-    bank = load_feature_bank(store, video_ids, regions=captioner.model.config.uses_regions)
+    bank = split_features(store, w.features, video_ids, regions=captioner.model.config.uses_regions)
     progress.log(f"captioning {len(video_ids)} '{split}' videos with {run_dir.name} (beam {options.beam_size})")
     hyps = captioner.caption_bank(bank, options)
     items = [{"video": v, "caption": vocab.decode(hyps[v].tokens), "score": float(hyps[v].score)} for v in video_ids]

@@ -15,6 +15,7 @@ the ablation (``stages/ablation.py``), dispatched by the command.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from fcvc_pipeline.training.tensorboard import missing_tensorboard
 from fcvc_pipeline.training.trainer import RESUME_HINT, Trainer, load_train_data
 from fcvc_pipeline.workdir import Workdir
 
+BANK_CACHE_ENV = "FCVC_BANK_CACHE"
 STAGE_VERSION = 2  # 2: best.pt carries the validation-chosen decoding
 MODEL_OVERRIDES = ("d_model", "layers", "heads", "kernel_size", "conv_mask", "dropout", "attn_lambda", "attn_mu")
 
@@ -130,7 +132,8 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
                            seconds_per_epoch=out.get("seconds_per_epoch"), parameters=out["parameters"],
                            up_to_date=True, history=out.get("history", []), decoding=out.get("decoding"),
                            extensions=out.get("extensions", []))
-    data = load_train_data(vocab, rows, store, w.features, usable, model_cfg, device, d.main)
+    data = load_train_data(vocab, rows, store, w.features, usable, model_cfg, device, d.main, features=cfg.features,
+                           memory_budget=cfg.memory_budget, dist=d, cache_dir=bank_cache_dir(w))
     trainer = Trainer(cfg, model_cfg, data, run_dir, dist=d, device=device, manifest_key=manifest.fingerprint(),
                       settings=manifest.key(), init=init.checkpoint if init and plan.checkpoint is None else None)
     if plan.checkpoint is not None:
@@ -166,6 +169,13 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
                      f"{fmt(state.best_cider)} at epoch {state.best_epoch}, decoding with beam "
                      f"{decoding_json['beam_size']}; checkpoints in {run_dir}")
     return result
+
+
+def bank_cache_dir(w: Workdir) -> Path:
+    """Where torchrun ranks share their in-memory features (``--features memory`` with several processes per
+    machine): ``FCVC_BANK_CACHE`` (e.g. node-local disk or /dev/shm on a cluster), else the work directory's
+    ``cache/banks/``."""
+    return Path(os.environ.get(BANK_CACHE_ENV) or w.root / "cache" / "banks")
 
 
 def interrupted(cfg: TrainConfig, run_dir: Path) -> StoppedBySignal:

@@ -20,6 +20,7 @@ from typing import Any
 from fcvc_pipeline import progress
 from fcvc_pipeline.devices import check_device_spec
 from fcvc_pipeline.errors import ConfigError, InputError
+from fcvc_pipeline.features.bank import FEATURE_MODES, parse_budget
 from fcvc_pipeline.models import DEFAULT_MODEL, MODEL_ALIASES, MODEL_NAMES, VARIANTS, canonical_model_name
 from fcvc_pipeline.models.config import CONV_MASKS
 from fcvc_pipeline.models.variants import resolve_alias
@@ -98,6 +99,13 @@ class TrainConfig:
     attn_lambda: float | None = None
     attn_mu: float | None = None
     # not part of what the run produces
+    # How the features are held (features/bank.py): "memory" (one bank; under torchrun one memory-mapped copy
+    # per node), "stream" (each batch read from the store by `loader_workers` DataLoader processes, prefetched),
+    # "auto" (memory when the bank fits `memory_budget`: a size such as "8GiB" or a share of the available
+    # memory, default "50%"). Both give the same numbers.
+    features: str = "auto"
+    memory_budget: str | None = None
+    loader_workers: int = 2
     device: str = "auto"
     resume: bool = False  # continue last.pt; with a larger epochs/max_steps: extend the run
     force: bool = False
@@ -167,6 +175,15 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.features not in FEATURE_MODES:
+            problems.append(f"--features must be one of {', '.join(FEATURE_MODES)} (got {self.features!r})"
+                            f"{did_you_mean(self.features, FEATURE_MODES)}")
+        if self.loader_workers < 0:
+            problems.append(f"--loader-workers must be 0 (read in the training process) or more (got {self.loader_workers})")
+        try:
+            parse_budget(self.memory_budget, available=2**30)
+        except ConfigError as e:
+            problems.append(e.message)
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
         # library-only options (no command-line flag; a config file may set them): named by their field
@@ -180,7 +197,8 @@ class TrainConfig:
 
     def output_fields(self) -> dict[str, Any]:
         """The fields that change what a run produces (for the manifest)."""
-        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged", "tensorboard"}
+        skip = {"workdir", "device", "resume", "force", "run", "score_beam_size", "skip_damaged", "tensorboard",
+                "features", "memory_budget", "loader_workers"}
         # fields added later are left out while unset, so the manifests of older runs stay up to date
         unset_is_absent = {"conv_mask"}
         if self.scst:  # the starting point counts through its best.pt's digest (an input), not its name
@@ -199,7 +217,8 @@ class TrainConfig:
 # The fields with a flag of `fcvc train` (the others are set in a config file or from Python).
 FLAG_FIELDS = ("model", "run", "epochs", "max_steps", "batch_size", "lr", "seed", "patience", "checkpoint_every",
                "d_model", "layers", "dropout", "conv_mask", "ema_decay", "label_smoothing", "select_beams",
-               "precision", "device", "resume", "skip_damaged", "force", "tensorboard", "workdir", *SCST_FIELDS)
+               "precision", "device", "resume", "skip_damaged", "force", "tensorboard", "workdir", *SCST_FIELDS,
+               "features", "memory_budget", "loader_workers")
 
 
 def option_name(field_name: str) -> str:

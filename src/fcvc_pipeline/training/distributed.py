@@ -20,6 +20,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def enabled(self) -> bool:
@@ -42,7 +43,8 @@ def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    return Dist(rank=rank, world=world, local_rank=local_rank), device
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return Dist(rank=rank, world=world, local_rank=local_rank, local_world=local_world), device
 
 
 def broadcast_flag(flag: bool, d: Dist, device: torch.device) -> bool:
@@ -51,7 +53,6 @@ def broadcast_flag(flag: bool, d: Dist, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
-
 
 
 

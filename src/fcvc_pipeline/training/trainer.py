@@ -29,10 +29,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_text
@@ -41,14 +42,22 @@ from fcvc_pipeline.devices import resolve_precision
 from fcvc_pipeline.errors import MismatchError, StoppedBySignal
 from fcvc_pipeline.evaluation.cider import CiderD
 from fcvc_pipeline.evaluation.metrics import count_unk
-from fcvc_pipeline.features.bank import FeatureBank, load_feature_bank
+from fcvc_pipeline.features.bank import (
+    FeatureBank,
+    StoreBank,
+    bank_layout,
+    choose_feature_mode,
+    load_feature_bank,
+    parse_budget,
+    shared_feature_bank,
+)
 from fcvc_pipeline.features.settings import weights_identity
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference.captioner import caption_and_score
 from fcvc_pipeline.inference.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fcvc_pipeline.inference.decoding import sample
 from fcvc_pipeline.inference.options import DecodingOptions
-from fcvc_pipeline.models import CaptionModel, ModelConfig, build_model
+from fcvc_pipeline.models import CaptionModel, ModelConfig, VideoBatch, build_model
 from fcvc_pipeline.training.batches import (
     Batch,
     CaptionSet,
@@ -88,7 +97,7 @@ class TrainData:
     vocab: Vocabulary
     store: FeatureStore
     store_path: Path
-    bank: FeatureBank
+    bank: FeatureBank | StoreBank  # StoreBank: streamed (``--features stream``)
     train_ids: list[str]
     val_ids: list[str]
     train_set: CaptionSet
@@ -98,7 +107,12 @@ class TrainData:
 
 
 def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureStore, store_path: Path,
-                    usable: list[str], model_cfg: ModelConfig, device: torch.device, main: bool) -> TrainData:
+                    usable: list[str], model_cfg: ModelConfig, device: torch.device, main: bool, *,
+                    features: str = "memory", memory_budget: str | None = None, dist: Dist | None = None,
+                    cache_dir: Path | None = None) -> TrainData:
+    """The run's captions and features. ``features``: memory | stream | auto (``choose_feature_mode``
+    against ``memory_budget``); in memory under torchrun with several processes on this machine, one
+    memory-mapped bank under ``cache_dir`` is shared by all of them."""
     train_ids = sorted({r.video_id for r in rows if r.split == "train"} & set(usable))
     val_ids = sorted({r.video_id for r in rows if r.split == "val"} & set(usable))
     if not val_ids and main:
@@ -107,8 +121,21 @@ def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureSto
     if not train_ids:
         raise MismatchError("no training video has both captions and features",
                             hint="check the split column of the annotations and run `fcvc extract` on the training videos")
-    bank = load_feature_bank(store, train_ids + val_ids, regions=model_cfg.uses_regions)
-    if device.type == "cuda" and bank.nbytes() < 0.5 * torch.cuda.mem_get_info(device)[0]:
+    ids, regions = train_ids + val_ids, model_cfg.uses_regions
+    bank_bytes = bank_layout(store, ids[0], regions=regions).video_nbytes() * len(ids)
+    mode, why = choose_feature_mode(features, bank_bytes, parse_budget(memory_budget))
+    if main:
+        progress.log(f"features: {mode} ({why})")
+    d = dist or Dist()
+    bank: FeatureBank | StoreBank
+    if mode == "stream":
+        bank = StoreBank(store_path, ids, regions=regions)
+    elif d.local_world > 1 and cache_dir is not None:
+        bank = shared_feature_bank(store, ids, regions=regions, cache_dir=cache_dir, builder=d.local_rank == 0,
+                                   wait=lambda: barrier(d))
+    else:
+        bank = load_feature_bank(store, ids, regions=regions)
+    if mode == "memory" and device.type == "cuda" and bank.nbytes() < 0.5 * torch.cuda.mem_get_info(device)[0]:
         bank = bank.to(device)
     index = bank.index()
     return TrainData(vocab=vocab, store=store, store_path=store_path, bank=bank, train_ids=train_ids, val_ids=val_ids,
@@ -208,13 +235,17 @@ class Trainer:
         return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
 
     # .. one step, one epoch ...................................................................................
-    def train_step(self, b: Batch) -> LossTerms | ScstStep:
+    def train_step(self, b: Batch, videos: VideoBatch | None = None) -> LossTerms | ScstStep:
+        """One optimizer step on batch ``b`` (``videos``: its features when already read, e.g. prefetched)."""
         cfg, s = self.cfg, self.state
         lr = learning_rate(s.step, base=self.base_lr, warmup=cfg.warmup_steps,
                            total=s.initial_total_steps(self.total_steps), changes=s.schedule_changes())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        terms = self.scst_loss(b) if cfg.scst else self.xe_loss(b)
+        if videos is None:
+            videos = self.data.bank.batch(b.video_rows)
+        videos = videos.to(self.device)
+        terms = self.scst_loss(b, videos) if cfg.scst else self.xe_loss(b, videos)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if cfg.grad_clip > 0:
@@ -225,10 +256,9 @@ class Trainer:
         self.state.step += 1
         return terms
 
-    def xe_loss(self, b: Batch) -> LossTerms:
+    def xe_loss(self, b: Batch, videos: VideoBatch) -> LossTerms:
         """Eq. 7 on the batch's reference captions (teacher forcing)."""
         dev = self.device
-        videos = self.data.bank.batch(b.video_rows).to(dev)
         with self.autocast:
             out = self.net(videos, b.inputs.to(dev), b.video_index.to(dev))
         return caption_loss(out, b.targets.to(dev), self.model_cfg, label_smoothing=self.cfg.label_smoothing)
@@ -250,12 +280,11 @@ class Trainer:
             raise MismatchError("no training video has a reference caption with words in it: nothing to reward")
         return Rewards(kept, d.vocab)
 
-    def scst_loss(self, b: Batch) -> ScstStep:
+    def scst_loss(self, b: Batch, videos: VideoBatch) -> ScstStep:
         """Sample, reward, baseline, and the policy-gradient loss (+ the cross-entropy term when weighted)."""
         cfg, dev, d = self.cfg, self.device, self.data
         assert self.rewards is not None and self.sampler is not None
         S, max_len = cfg.scst_samples, d.vocab.max_len
-        videos = d.bank.batch(b.video_rows).to(dev)
         ids = [d.bank.video_ids[r] for r in b.video_rows.tolist()]
         with self.autocast:
             samples = sample(self.model, videos, samples=S, max_len=max_len, generator=self.sampler)
@@ -335,8 +364,9 @@ class Trainer:
         bar = progress.bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch") if main else None
         if bar is not None:
             bar.update(s.batch)
+        features = self.batch_features(batches, s.batch)
         for i in range(s.batch, len(batches)):
-            terms = self.train_step(batches[i])
+            terms = self.train_step(batches[i], next(features))
             self.accumulate(terms)
             if bar is not None:
                 if isinstance(terms, ScstStep):
@@ -365,6 +395,20 @@ class Trainer:
         if main:
             stop = self.end_of_epoch(record) or stop
         return broadcast_flag(stop, self.dist, self.device)
+
+    def batch_features(self, batches: list[Batch], start: int) -> Iterator[VideoBatch]:
+        """The features of ``batches[start:]`` in order: from the bank, or (streamed) read ahead from the store by
+        ``loader_workers`` DataLoader processes, at most two batches per worker in flight. Which batches and in
+        what order is fixed by the epoch's plan, so streaming changes no number and resumes at ``start``."""
+        bank = self.data.bank
+        if not isinstance(bank, StoreBank):
+            return (bank.batch(b.video_rows) for b in batches[start:])
+        workers = self.cfg.loader_workers
+        loader = DataLoader(_BatchReads(bank, [b.video_rows for b in batches[start:]]), batch_size=None,
+                            num_workers=workers, prefetch_factor=2 if workers else None,
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator())  # its seed draw must not touch the dropout stream
+        return iter(loader)
 
     def mid_epoch_state(self, epoch: int, batch: int, elapsed: float) -> TrainState:
         """The resume state after ``batch`` batches of epoch ``epoch`` (``elapsed``: its training seconds)."""
@@ -526,6 +570,19 @@ class Trainer:
                          + ", ".join(f"{option_name(k)} {a} -> {b}" for k, (a, b) in changed.items())
                          + f"; the schedule now spans {self.total_steps} steps (was {old_total})")
         return record
+
+
+class _BatchReads(Dataset):
+    """Item i: the VideoBatch of the i-th batch's videos, read from the store (in a DataLoader worker)."""
+
+    def __init__(self, bank: StoreBank, rows: list[torch.Tensor]):
+        self.bank, self.rows = bank, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> VideoBatch:
+        return self.bank.batch(self.rows[i])
 
 
 @contextlib.contextmanager
