@@ -83,3 +83,26 @@ def test_two_ranks_map_one_in_memory_bank(tmp_path):
     folders = list((tmp_path / "bc").iterdir())
     assert len(folders) == 1 and (folders[0] / "done.json").is_file()
     assert {p.name for p in folders[0].glob("*.npy")} == {"frames.npy", "clips.npy"}  # fcvc-ta reads no regions
+
+
+@pytest.mark.slow
+def test_two_nodes_on_a_shared_work_directory(tmp_path):
+    """The multi-node recipe of docs/scale.md, both "nodes" on this machine: one torchrun per node, c10d
+    rendezvous, one process each, the work directory shared; rank 0 alone writes the run."""
+    make_tiny_workdir(tmp_path)
+
+    def node(rank):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29541",
+               "--rdzv-id", "fcvc-test", "-m", "fcvc_pipeline", "train", "--workdir", str(tmp_path), "--model",
+               "fcvc-ta", "--epochs", "2", "--d-model", "32", "--layers", "2", "--batch-size", "4", "--device",
+               "cpu", "--features", "stream", "--select-beams", "", "--json"]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+    nodes = [node(0), node(1)]
+    outs = [p.communicate(timeout=600) for p in nodes]
+    for p, (out, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    docs = [json.loads(out) for out, _ in outs if out.strip()]
+    assert len(docs) == 1 and docs[0]["epochs"] == 2  # one JSON document: global rank 0's
+    assert len((tmp_path / "runs" / "fcvc-ta" / "metrics.jsonl").read_text().splitlines()) == 2
