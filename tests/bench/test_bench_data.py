@@ -138,7 +138,7 @@ def test_rerun_reuses_the_stores_and_two_ranks(first):
     chunk = next((data / "videos-12" / "features.zarr" / "videos").rglob("c/*"))
     chunk_mtime = chunk.stat().st_mtime_ns
     again = _bench("--data-dir", str(data), "--sizes", ",".join(map(str, SIZES)), "--modes", "stream",
-                   "--parts", "ranks", "--ranks-size", "12", *TINY)
+                   "--parts", "ranks", "--ranks-size", "12", "--loader-workers", "0", *TINY)
     for n in SIZES:
         assert again["stores"][str(n)]["reused"]
         assert again["stores"][str(n)]["generation"] == out["stores"][str(n)]["generation"]

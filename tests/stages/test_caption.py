@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
+from fcvc_pipeline.errors import InputError
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.features.video import VideoSource
 from fcvc_pipeline.inference.package import read_package, write_package
@@ -262,3 +263,52 @@ def test_no_videos_and_urls_are_errors_before_a_model_is_loaded(tmp_path):
     assert "never-read.fcvc" not in r.output  # refused before the model file is opened
     r = CliRunner().invoke(main, ["caption", "https://example.com/clip.mp4", "--model", str(missing_model)])
     assert r.exit_code == 2 and "https://example.com/clip.mp4: URLs are not supported" in r.output
+
+
+def test_output_file_is_appended_in_chunks_and_a_stopped_run_goes_on_where_it_stopped(trained, exported, tmp_path,
+                                                                                      monkeypatch):
+    """--output FILE: chunks appended and synced one by one; a run stopped midway (Ctrl-C in the second
+    chunk) keeps the first chunk, a torn last line is dropped, and the rerun captions only the rest: each
+    video once, the captions of a one-shot run, the ids of the whole input list."""
+    from fcvc_pipeline.inference.captioner import Captioner
+    from fcvc_pipeline.stages import caption as caption_stage
+    from fcvc_pipeline.stages.caption import CaptionConfig, run_caption
+
+    _, videos = trained
+    clips = _fresh_copies(videos, tmp_path / "in")
+    broken = tmp_path / "in" / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    out = tmp_path / "captions.jsonl"
+    cfg = CaptionConfig(inputs=(tmp_path / "in",), model=exported, device="cpu", workers=1, output=out)
+    one_shot = {c.to_json()["path"]: c.to_json() for c in
+                run_caption(CaptionConfig(inputs=(tmp_path / "in",), model=exported, device="cpu", workers=1)).captions}
+    monkeypatch.setattr(caption_stage, "OUTPUT_CHUNK", 3)
+    real, calls = Captioner.caption, []
+
+    def stop_in_second_chunk(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "caption", stop_in_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_caption(cfg)
+    first = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(first) == 3 and calls == [3, 3]
+    with open(out, "a") as f:
+        f.write('{"video": "half a line')  # a write cut short by a kill
+    monkeypatch.setattr(Captioner, "caption", real)
+    res = run_caption(cfg)
+    assert first[0]["video"] == "broken" and first[0]["caption"] is None and first[0]["error"].startswith("decode")
+    assert res.output == {"output": str(out), "videos": len(clips) + 1, "already_done": 3,
+                          "captioned_now": len(clips) + 1 - 3, "failed_now": 0}
+    assert res.exit_code == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(d["path"] for d in lines) == sorted(one_shot)  # every video once
+    assert {d["path"]: d for d in lines} == one_shot  # the one-shot run's captions, scores and ids
+    again = run_caption(cfg)
+    assert again.output["already_done"] == len(clips) + 1 and again.output["captioned_now"] == 0
+    out.write_text("this is not json\n")
+    with pytest.raises(InputError, match=r"captions.jsonl:1: not an `fcvc caption --output` file"):
+        run_caption(cfg)

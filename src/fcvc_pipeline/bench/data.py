@@ -16,7 +16,9 @@ One run measures, side by side on synthetic work directories of ``--sizes`` vide
    ``--features`` mode: the peak over time of the summed proportional set size (PSS, ``smaps_rollup``) of
    the process and all its descendants (DataLoader workers included), the ``ru_maxrss`` of the main process,
    and steps per second from the run's ``metrics.jsonl`` (training seconds, validation excluded). Each store's
-   training videos are read once before each run, so that the page cache holds what fits.
+   training videos are read once before each run, so that the page cache holds what fits. The ranks' shared
+   bank (memory mode under torchrun) goes to a cache folder of the bench's own, emptied before and after
+   each run, so every run builds it the same way (its size is reported).
 3. **Two ranks.** The same through ``torch.distributed.run`` with 1 and 2 processes per node (gloo on CPU,
    ``OMP_NUM_THREADS=1``) at ``--ranks-size``: the whole tree's peak PSS, 2 processes against 1.
 4. **Costs that grow with the data**, in this process, best of ``--repeats``: the "up to date" check of
@@ -68,6 +70,7 @@ from fcvc_pipeline.captions.vocabulary import (
     save_vocab_dir,
 )
 from fcvc_pipeline.commands.common import common_options, parse_int_list, run_and_exit
+from fcvc_pipeline.commands.train import train as train_command
 from fcvc_pipeline.errors import ConfigError, FilesystemError, require
 from fcvc_pipeline.evaluation.metrics import read_captions_file
 from fcvc_pipeline.features.loop import video_status
@@ -75,6 +78,7 @@ from fcvc_pipeline.features.store import FLOAT_ARRAYS, FeatureStore
 from fcvc_pipeline.features.video import list_videos
 from fcvc_pipeline.models.variants import variant
 from fcvc_pipeline.naming import safe_name
+from fcvc_pipeline.stages.train import BANK_CACHE_ENV
 from fcvc_pipeline.stages.vocab import VocabConfig, run_vocab
 from fcvc_pipeline.training.batches import resolve_training_videos
 from fcvc_pipeline.workdir import Workdir, read_metrics
@@ -88,7 +92,9 @@ PROJECT_TO = 100_000
 GB = 1e9
 GiB = 1 << 30
 SOURCE_MTIME_NS = 1_700_000_000_000_000_000  # every placeholder video file's modification time
-MEMORY_SKIP_FACTOR = 2.0  # memory mode is tried only when this many banks (+ PROCESS_BYTES per rank) fit
+# memory mode is tried only when this many banks (+ PROCESS_BYTES per process) fit in the available memory: the
+# bank filled in place (fcvc train --features), or twice it where the loader stacked a list (before that)
+MEMORY_SKIP_FACTOR = {True: 1.25, False: 2.0}
 PROCESS_BYTES = 2 * GiB  # what one training process holds besides the bank (torch, model, optimizer)
 POOL_AT_LEAST = 64  # fewer new videos than this are written in this process
 MSRVTT_SPLIT = {"train": "train", "val": "validate", "test": "test"}
@@ -605,10 +611,9 @@ def warm_store(work: Path, ids: list[str]) -> dict[str, Any]:
 # -- training ------------------------------------------------------------------------------------------------
 def train_options() -> dict[str, bool]:
     """Which of the newer ``fcvc train`` options this checkout has."""
-    text = subprocess.run([sys.executable, "-m", "fcvc_pipeline", "train", "--help"], capture_output=True,
-                          text=True, timeout=300).stdout
-    return {"features": "--features" in text, "loader_workers": "--loader-workers" in text,
-            "memory_budget": "--memory-budget" in text}
+    names = {o for p in train_command.params for o in getattr(p, "opts", ())}
+    return {"features": "--features" in names, "loader_workers": "--loader-workers" in names,
+            "memory_budget": "--memory-budget" in names}
 
 
 def train_args(cfg: DataBenchConfig, work: Path, run: str, mode: str, options: dict[str, bool]) -> list[str]:
@@ -627,11 +632,13 @@ def skip_reason(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options:
     if mode == "stream" and not options["features"]:
         return "fcvc train has no --features option in this checkout (memory mode is all it does)"
     if mode == "memory":
-        need = processes * (MEMORY_SKIP_FACTOR * store["bank_bytes"] + PROCESS_BYTES)
+        factor = MEMORY_SKIP_FACTOR[options["features"]]
+        banks = 1 if options["features"] else processes  # ranks of one machine share one mapped bank
+        need = banks * factor * store["bank_bytes"] + processes * PROCESS_BYTES
         available = mem_info().get("MemAvailable", 0)
         if need > available:
-            return (f"the bank ({store['bank_bytes'] / GiB:.1f} GiB) would not fit: {processes} process(es) x "
-                    f"({MEMORY_SKIP_FACTOR:g} x the bank + {PROCESS_BYTES / GiB:.0f} GiB) = {need / GiB:.1f} GiB, "
+            return (f"the bank ({store['bank_bytes'] / GiB:.1f} GiB) would not fit: {banks} x {factor:g} x the bank + "
+                    f"{processes} x {PROCESS_BYTES / GiB:.0f} GiB = {need / GiB:.1f} GiB, "
                     f"{available / GiB:.1f} GiB available")
     return None
 
@@ -661,7 +668,9 @@ def train_once(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options: 
     n = store["videos"]
     ids = [video_id(i) for i in range(n) if split_of(i) != "test"]
     warm = warm_store(work, ids)
-    env = {**os.environ, "FCVC_PROGRESS": "0"}
+    cache = work / "cache" / "bench-banks"  # torchrun ranks' shared bank: built by each run, then deleted
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "FCVC_PROGRESS": "0", BANK_CACHE_ENV: str(cache)}
     if processes is None:
         run = f"bench-{mode}"
         cmd = [sys.executable, "-m", "fcvc_pipeline", *train_args(cfg, work, run, mode, options)]
@@ -671,9 +680,12 @@ def train_once(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options: 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                "--master-port", str(free_port()), "-m", "fcvc_pipeline", "--",
                *train_args(cfg, work, run, mode, options)]
+    load = list(os.getloadavg())  # a shared machine's other work, for reading the speed
     result = run_watched(cmd, env, interval=cfg.poll, timeout=cfg.timeout)
     row = {k: v for k, v in result.items() if k != "stdout"}
-    row["warm"] = warm
+    row["warm"], row["loadavg_before"], row["loadavg_after"] = warm, load, list(os.getloadavg())
+    row["bank_cache_bytes"] = sum(f.stat().st_size for f in cache.rglob("*.npy")) if cache.is_dir() else 0
+    shutil.rmtree(cache, ignore_errors=True)
     if result["returncode"] != 0:
         row["error"] = f"exit code {result['returncode']}" + (" (timed out)" if result["timed_out"] else "")
         return row
@@ -942,8 +954,9 @@ def run_data_bench(cfg: DataBenchConfig) -> DataBenchResult:
                 "batch_size": cfg.batch_size, "device": cfg.device, "loader_workers": cfg.loader_workers,
                 "ranks_size": cfg.ranks_at if "ranks" in cfg.parts else None, "repeats": cfg.repeats,
                 "writers": cfg.writers, "min_free_gb": cfg.min_free_gb, "poll_seconds": cfg.poll, "seed": cfg.seed,
-                "memory_skip_rule": f"memory mode runs only when MemAvailable >= processes x ({MEMORY_SKIP_FACTOR:g} "
-                                    f"x bank + {PROCESS_BYTES / GiB:.0f} GiB)"},
+                "memory_skip_rule": f"memory mode runs only when MemAvailable >= {MEMORY_SKIP_FACTOR[True]:g} x the bank "
+                                    f"(with --features; else processes x {MEMORY_SKIP_FACTOR[False]:g} x the bank) "
+                                    f"+ processes x {PROCESS_BYTES / GiB:.0f} GiB"},
         environment=env, stores={str(n): s for n, s in stores.items()},
         training={str(n): rows for n, rows in training.items()}, ranks=ranks,
         growth={str(n): g for n, g in growth.items()}, fits=fits, ratios=ratios, targets=targets,

@@ -30,9 +30,14 @@ from fcvc_pipeline.naming import tsv_field
               help="Write one attention figure (PNG) per video into this directory.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=int, default=None, help="Decode processes.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append the captions to this JSON Lines file (one object per video, with its path), 64 videos "
+                   "at a time, instead of printing them; videos already in the file are skipped, so a large "
+                   "folder interrupted midway goes on where it stopped.")
 def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...], run_name: str | None,
             checkpoint: Path | None, model: Path | None, backbone_weights: tuple[tuple[str, Path], ...],
-            beam_size: int | None, max_len: int | None, attention: Path | None, device: str, workers: int | None):
+            beam_size: int | None, max_len: int | None, attention: Path | None, device: str, workers: int | None,
+            output: Path | None):
     """Caption video files or directories end to end: prints video<TAB>caption per video, in the order given.
 
     The video id is the file name without its extension; two files with one name in different folders
@@ -46,13 +51,14 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...
       fcvc caption my_video.mp4
       fcvc caption clips/ --json --attention figures/
       fcvc caption my_video.mp4 --model captioner.fcvc
+      fcvc caption archive/ --output captions.jsonl   # thousands of videos: rerun to go on after a stop
     """
     from fcvc_pipeline.stages.caption import CaptionConfig, run_caption  # noqa: PLC0415 -- torch loads only when the command runs, so --help stays instant
 
     given = click.get_current_context().get_parameter_source("workdir") is ParameterSource.COMMANDLINE
     cfg = CaptionConfig(inputs=tuple(i if "://" in i else Path(i) for i in inputs), workdir=workdir if given or model is None else None, run=run_name,
                         checkpoint=checkpoint, model=model, backbone_weights=backbone_weights, beam_size=beam_size,
-                        max_len=max_len, attention=attention, device=device, workers=workers)
+                        max_len=max_len, attention=attention, device=device, workers=workers, output=output)
 
     def go():
         result = run_caption(cfg)

@@ -20,6 +20,7 @@ Captioning a split of the work directory's store (for scoring) is ``inference.ca
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,14 @@ class CaptionConfig:
     attention: Path | None = None  # directory for one attention figure per video
     device: str = "auto"
     workers: int | None = None
+    # JSON Lines file the captions are appended to, OUTPUT_CHUNK videos at a time; videos already in it are
+    # skipped, so an interrupted run over thousands of videos goes on where it stopped
+    output: Path | None = None
 
     def validate(self) -> list[str]:
         problems = []
+        if self.output is not None and self.attention is not None:
+            problems.append("--attention does not go with --output (figures for a large folder: caption it in parts)")
         if not self.inputs:
             problems.append("give at least one video file or directory")
         if self.beam_size is not None and self.beam_size < 1:
@@ -87,6 +93,7 @@ class CaptionResult:
     checkpoint: str = ""  # the checkpoint or captioner file used
     figures: dict[str, str] = field(default_factory=dict)  # video id -> attention figure written
     figure_error: str | None = None  # why the --attention figures (all or the rest) were not written
+    output: dict[str, Any] | None = None  # with --output: the file and the counts (the captions are in the file)
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -100,10 +107,15 @@ class CaptionResult:
 
     @property
     def exit_code(self) -> int:
+        if self.output is not None:
+            return 1 if self.output["failed_now"] else 0
         return 1 if self.failed or self.figure_error else 0
 
-    def to_json(self) -> list[dict[str, Any]]:
-        """One entry per input video, in the order given (a failed one with ``caption`` null and ``error``)."""
+    def to_json(self) -> list[dict[str, Any]] | dict[str, Any]:
+        """One entry per input video, in the order given (a failed one with ``caption`` null and ``error``);
+        with ``--output``, what was written where."""
+        if self.output is not None:
+            return self.output
         out = []
         for c in self.captions:
             item = c.to_json()
@@ -139,6 +151,8 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
         cache = w.caption_features / f"{ref.settings_fingerprint[:16]}.zarr"
         source = _cached_features(captioner, ref, cache, device=str(device), workers=cfg.workers, weights=weights)
         progress.log(f"caption: {len(cfg.inputs)} input(s) with {ckpt_path} (features like {ref.path}, kept in {cache})")
+    if cfg.output is not None:
+        return _caption_into_file(cfg, captioner, weights, source)
     captions = captioner.caption(cfg.inputs, beam_size=cfg.beam_size, max_len=cfg.max_len,
                                  length_penalty=cfg.length_penalty, workers=cfg.workers, weights_paths=weights,
                                  feature_source=source)
@@ -154,6 +168,86 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
         if not c.ok:
             progress.warn(f"{c.path or c.video}: {c.error}")
     return result
+
+
+OUTPUT_CHUNK = 64  # videos captioned, then appended to --output and synced, at a time
+
+
+def _caption_into_file(cfg: CaptionConfig, captioner: Captioner, weights: dict[str, Path],
+                       source: FeatureSource | None) -> CaptionResult:
+    """``--output FILE``: caption the inputs not yet in FILE, OUTPUT_CHUNK at a time, appending each chunk's
+    lines (one JSON object per video, failures with their ``error``) and syncing them before the next. Memory
+    holds one chunk, whatever the number of videos; a rerun skips every video whose path FILE has."""
+    assert cfg.output is not None
+    sources = list_videos_in_order(cfg.inputs)
+    done = read_output_lines(cfg.output)
+    todo = [s for s in sources if str(s.path) not in done]
+    progress.log(f"caption: {len(sources)} videos, {len(sources) - len(todo)} already in {cfg.output}, "
+                 f"{len(todo)} to caption")
+    captioned = failed = 0
+    bar = progress.bar(total=len(sources), desc="captioning", unit="video")
+    bar.update(len(sources) - len(todo))
+    try:
+        for start in range(0, len(todo), OUTPUT_CHUNK):
+            chunk = todo[start:start + OUTPUT_CHUNK]
+            captions = captioner.caption([s.path for s in chunk], beam_size=cfg.beam_size, max_len=cfg.max_len,
+                                         length_penalty=cfg.length_penalty, workers=cfg.workers,
+                                         weights_paths=weights, feature_source=source)
+            lines = []
+            for s, c in zip(chunk, captions):
+                item = {**c.to_json(), "video": s.video_id, "path": str(s.path)}  # ids of the whole input list
+                lines.append(json.dumps(item, ensure_ascii=False) + "\n")
+                if c.ok:
+                    captioned += 1
+                else:
+                    failed += 1
+                    progress.warn(f"{s.path}: {c.error}")
+            _append_synced(cfg.output, "".join(lines))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return CaptionResult(captions=[], checkpoint=str(cfg.model or captioner.path), output={
+        "output": str(cfg.output), "videos": len(sources), "already_done": len(sources) - len(todo),
+        "captioned_now": captioned, "failed_now": failed})
+
+
+def read_output_lines(path: Path) -> set[str]:
+    """The video paths an ``--output`` file already holds. A last line cut short (a run killed while writing)
+    is removed from the file; any other unreadable line is an error naming the file and the line."""
+    if not path.exists():
+        return set()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(path, f"cannot read it: {e.strerror or e}") from None
+    if raw and not raw.endswith(b"\n"):  # a torn last line: drop it, its video is captioned again
+        cut = raw.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        raw = raw[:cut]
+    done = set()
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            done.add(str(item["path"]))
+        except (ValueError, KeyError, TypeError):
+            raise InputError(path, "not an `fcvc caption --output` file (each line must be a JSON object with a "
+                                   "\"path\")", line=n, hint="name a new file, or the file an earlier run wrote") from None
+    return done
+
+
+def _append_synced(path: Path, text: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a failed write or fsync may name no file: name the output
+        if e.filename is None:
+            e.filename = str(path)
+        raise FilesystemError.from_oserror(e) from None
 
 
 def cache_key(source: VideoSource) -> str:
