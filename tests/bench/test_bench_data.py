@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +90,16 @@ def test_training_figures_and_ratios_agree(first):
         row = out["training"][str(n)]["memory"]
         assert _ok(row), row
         assert "--max-steps" in row["command"] and row["returncode"] == 0
-        history = read_metrics(Path(row["run_dir"]))
+        history = read_metrics(Path(row["run_dir"]))  # the last round's run
         assert row["steps"] == history[-1]["step"] == 2
         assert row["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history), rel=1e-12)
-        assert row["steps_per_second"] == pytest.approx(row["steps"] / row["train_seconds"], rel=1e-12)
+        assert row["rounds"][-1]["train_seconds"] == row["train_seconds"]
+        for r in row["rounds"]:
+            assert r["steps_per_second"] == pytest.approx(r["steps"] / r["train_seconds"], rel=1e-12)
+        assert row["steps_per_second"] == pytest.approx(
+            statistics.median(r["steps_per_second"] for r in row["rounds"]), rel=1e-12)
+        assert row["peak_pss_bytes"] == max(r["peak_pss_bytes"] for r in row["rounds"])
+        assert 0 <= row["peak_at_seconds"] <= row["wall_seconds"] + 1
         assert row["peak_pss_bytes"] > 0 and row["ru_maxrss_bytes"] > 0 and row["peak_processes"] >= 1
         assert row["peak_pss_anon_bytes"] + row["peak_pss_file_bytes"] + row["peak_pss_shmem_bytes"] \
             == pytest.approx(row["peak_pss_bytes"], rel=0.01)
@@ -100,6 +107,7 @@ def test_training_figures_and_ratios_agree(first):
         to_bank[str(n)] = row["peak_pss_bytes"] / out["stores"][str(n)]["bank_bytes"]
     assert out["ratios"]["memory_peak_to_bank"] == pytest.approx(to_bank, rel=1e-12)
     assert out["ratios"]["stream_to_memory_steps_per_second"] == speed  # stream not asked for
+    assert out["ratios"]["memory_minus_stream_peak_to_bank"] == {}
     t = out["targets"]["memory_peak_to_bank"]
     assert t["values"] == out["ratios"]["memory_peak_to_bank"]
     assert t["met"] == all(v <= t["at_most"] for v in t["values"].values())
@@ -167,6 +175,7 @@ def test_rerun_reuses_the_stores_and_two_ranks(first):
     (["--parts", "train,everything"], "--parts"),
     (["--sizes", "12", "--ranks-size", "24"], "--ranks-size"),
     (["--sizes", "twelve"], "--sizes"),
+    (["--rounds", "0"], "--rounds"),
 ])
 def test_bad_options_are_usage_errors(tmp_path, args, says):
     out = _bench("--data-dir", str(tmp_path), *args, code=2)

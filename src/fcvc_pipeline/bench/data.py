@@ -45,6 +45,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,7 @@ class DataBenchConfig:
     model: str = "fcvc-cf-ia"
     d_model: int = 512
     steps: int = 5
+    rounds: int = 1
     batch_size: int = 64
     device: str = "auto"
     loader_workers: int | None = None
@@ -184,8 +186,8 @@ class DataBenchConfig:
             p.append("--frames, --regions, --frame-dim and --region-dim must be positive, --clip-dim >= 0")
         if self.captions_per_video < 1 or self.words < 10:
             p.append("--captions-per-video must be >= 1 and --words >= 10")
-        if self.steps < 1 or self.batch_size < 1 or self.d_model < 1 or self.repeats < 1 or self.writers < 1:
-            p.append("--steps, --batch-size, --d-model, --repeats and --writers must be positive")
+        if min(self.steps, self.rounds, self.batch_size, self.d_model, self.repeats, self.writers) < 1:
+            p.append("--steps, --rounds, --batch-size, --d-model, --repeats and --writers must be positive")
         if self.loader_workers is not None and self.loader_workers < 0:
             p.append("--loader-workers must be >= 0")
         if self.min_free_gb < 0 or self.poll <= 0 or self.timeout <= 0:
@@ -518,6 +520,7 @@ class TreeWatch(threading.Thread):
         self.samples = 0
         self.max_processes = 0
         self.timed_out = False
+        self.t0 = time.monotonic()
 
     def sample(self) -> list[int]:
         pids = process_tree(self.root)
@@ -533,14 +536,13 @@ class TreeWatch(threading.Thread):
         self.samples += 1
         self.max_processes = max(self.max_processes, alive)
         if total.get("Pss", 0) > self.peak["Pss"]:
-            self.peak = {**total, "processes": alive}
+            self.peak = {**total, "processes": alive, "at": time.monotonic() - self.t0}
         return pids
 
     def run(self) -> None:
-        t0 = time.monotonic()
         while not self.stop.is_set():
             pids = self.sample()
-            if time.monotonic() - t0 > self.timeout:
+            if time.monotonic() - self.t0 > self.timeout:
                 self.timed_out = True
                 kill_pids(pids)
                 return
@@ -581,6 +583,7 @@ def run_watched(cmd: list[str], env: dict[str, str], *, interval: float, timeout
             "peak_pss_bytes": peak.get("Pss", 0), "peak_pss_anon_bytes": peak.get("Pss_Anon"),
             "peak_pss_file_bytes": peak.get("Pss_File"), "peak_pss_shmem_bytes": peak.get("Pss_Shmem"),
             "peak_rss_sum_bytes": peak.get("Rss"), "peak_processes": peak.get("processes", 0),
+            "peak_at_seconds": peak.get("at"),
             "max_processes": watch.max_processes, "samples": watch.samples,
             "ru_maxrss_bytes": usage.ru_maxrss * 1024, "stdout": stdout, "stderr_tail": stderr[-3000:]}
 
@@ -702,19 +705,47 @@ def free_port() -> int:
 
 def measure_training(cfg: DataBenchConfig, stores: dict[int, dict[str, Any]],
                      options: dict[str, bool]) -> dict[int, dict[str, Any]]:
+    """Each size's modes in ``cfg.rounds`` interleaved rounds (the order reversed every other round), so that
+    a shared machine's changing load reaches both modes alike."""
     out: dict[int, dict[str, Any]] = {}
     for n in sorted(stores):
-        out[n] = {}
+        out[n], modes = {}, []
         for mode in cfg.modes:
             reason = skip_reason(cfg, stores[n], mode, options)
             if reason is not None:
                 progress.log(f"bench data: {n} videos, {mode}: skipped: {reason}")
                 out[n][mode] = {"skipped": reason}
-                continue
-            progress.log(f"bench data: {n} videos, {mode}: training {cfg.steps} steps")
-            row = train_once(cfg, stores[n], mode, options)
-            out[n][mode] = row
-            log_training(f"{n} videos, {mode}", row, stores[n]["bank_bytes"])
+            else:
+                modes.append(mode)
+        rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for r in range(cfg.rounds):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
+                progress.log(f"bench data: {n} videos, {mode}: training {cfg.steps} steps (round {r + 1}/{cfg.rounds})")
+                rows[mode].append(row := train_once(cfg, stores[n], mode, options))
+                log_training(f"{n} videos, {mode}", row, stores[n]["bank_bytes"])
+        for mode in modes:
+            out[n][mode] = combine_rounds(rows[mode])
+    return out
+
+
+ROUND_KEYS = ("steps", "train_seconds", "steps_per_second", "peak_pss_bytes", "ru_maxrss_bytes", "wall_seconds",
+              "loadavg_before")
+PEAK_KEYS = ("peak_pss_bytes", "peak_pss_anon_bytes", "peak_pss_file_bytes", "peak_pss_shmem_bytes",
+             "peak_rss_sum_bytes", "peak_processes", "peak_at_seconds", "ru_maxrss_bytes")
+
+
+def combine_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's rounds: the last round's row with the median steps per second and the largest peak (that
+    round's peak figures), each round's own figures under ``rounds``; a failed round is the result."""
+    for row in rows:
+        if "error" in row:
+            return row
+    out = dict(rows[-1])
+    highest = max(rows, key=lambda r: r["peak_pss_bytes"])
+    out.update({k: highest[k] for k in PEAK_KEYS})
+    speeds = [r["steps_per_second"] for r in rows]
+    out["steps_per_second"] = statistics.median(speeds) if None not in speeds else None
+    out["rounds"] = [{k: r.get(k) for k in ROUND_KEYS} for r in rows]
     return out
 
 
@@ -860,7 +891,7 @@ def ratios_of(training: dict[int, dict[str, Any]], stores: dict[int, dict[str, A
     def ok(row: dict[str, Any] | None) -> bool:
         return row is not None and "skipped" not in row and "error" not in row
 
-    speed, to_bank, flat = {}, {}, {}
+    speed, to_bank, flat, extra = {}, {}, {}, {}
     stream_sizes = sorted(n for n in training if ok(training[n].get("stream")))
     for n in sorted(training):
         mem, stream = training[n].get("memory"), training[n].get("stream")
@@ -870,8 +901,10 @@ def ratios_of(training: dict[int, dict[str, Any]], stores: dict[int, dict[str, A
             to_bank[str(n)] = mem["peak_pss_bytes"] / stores[n]["bank_bytes"]
         if ok(stream):
             flat[str(n)] = stream["peak_pss_bytes"] / training[stream_sizes[0]]["stream"]["peak_pss_bytes"]
+        if ok(mem) and ok(stream):
+            extra[str(n)] = (mem["peak_pss_bytes"] - stream["peak_pss_bytes"]) / stores[n]["bank_bytes"]
     out: dict[str, Any] = {"stream_to_memory_steps_per_second": speed, "memory_peak_to_bank": to_bank,
-                           "stream_peak_to_smallest": flat}
+                           "stream_peak_to_smallest": flat, "memory_minus_stream_peak_to_bank": extra}
     for mode in MODES:
         entry = (ranks or {}).get(mode)
         out[f"two_ranks_{mode}"] = entry.get("two_to_one") if isinstance(entry, dict) else None
@@ -950,7 +983,7 @@ def run_data_bench(cfg: DataBenchConfig) -> DataBenchResult:
     result = DataBenchResult(
         config={"data_dir": str(cfg.data_dir), "sizes": sorted(cfg.sizes), "modes": list(cfg.modes),
                 "parts": list(cfg.parts), "shapes": cfg.shapes.to_json(), "captions_per_video": cfg.captions_per_video,
-                "words": cfg.words, "model": cfg.model, "d_model": cfg.d_model, "steps": cfg.steps,
+                "words": cfg.words, "model": cfg.model, "d_model": cfg.d_model, "steps": cfg.steps, "rounds": cfg.rounds,
                 "batch_size": cfg.batch_size, "device": cfg.device, "loader_workers": cfg.loader_workers,
                 "ranks_size": cfg.ranks_at if "ranks" in cfg.parts else None, "repeats": cfg.repeats,
                 "writers": cfg.writers, "min_free_gb": cfg.min_free_gb, "poll_seconds": cfg.poll, "seed": cfg.seed,
@@ -1001,6 +1034,8 @@ def summarize(r: DataBenchResult) -> None:
 @click.option("--model", default="fcvc-cf-ia", show_default=True)
 @click.option("--d-model", type=int, default=512, show_default=True)
 @click.option("--steps", type=int, default=5, show_default=True, help="Training steps per run (--max-steps).")
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="Training runs per size and mode, in interleaved rounds (median steps/s, largest peak).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="fcvc train --device")
 @click.option("--loader-workers", type=int, default=None, help="fcvc train --loader-workers (default: its own).")
@@ -1015,7 +1050,7 @@ def summarize(r: DataBenchResult) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @common_options
 def bench_data(sizes, modes, parts, data_dir, frames, regions, frame_dim, region_dim, clip_dim, captions_per_video,
-               words, model, d_model, steps, batch_size, device, loader_workers, ranks_size, repeats, writers,
+               words, model, d_model, steps, rounds, batch_size, device, loader_workers, ranks_size, repeats, writers,
                min_free_gb, poll, timeout, seed, workdir, json_out, verbose):
     """Training memory and speed by --features mode, two ranks against one, and the costs that grow with the
     number of videos, on synthetic stores of --sizes videos."""
@@ -1030,7 +1065,7 @@ def bench_data(sizes, modes, parts, data_dir, frames, regions, frame_dim, region
             shapes=DataShapes(frames=frames, regions=regions, frame_dim=frame_dim, region_dim=region_dim,
                               clip_dim=clip_dim),
             captions_per_video=captions_per_video, words=words, model=model, d_model=d_model, steps=steps,
-            batch_size=batch_size, device=device, loader_workers=loader_workers, ranks_size=ranks_size,
+            rounds=rounds, batch_size=batch_size, device=device, loader_workers=loader_workers, ranks_size=ranks_size,
             repeats=repeats, writers=writers, min_free_gb=min_free_gb, poll=poll, timeout=timeout, seed=seed)
         return run_data_bench(cfg)
 
