@@ -4,6 +4,7 @@ order of the inputs, two files with one name, the feature cache of a work direct
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -280,9 +281,14 @@ def test_output_file_is_appended_in_chunks_and_a_stopped_run_goes_on_where_it_st
     broken.write_bytes(b"not a video at all")
     out = tmp_path / "captions.jsonl"
     cfg = CaptionConfig(inputs=(tmp_path / "in",), model=exported, device="cpu", workers=1, output=out)
-    one_shot = {c.to_json()["path"]: c.to_json() for c in
-                run_caption(CaptionConfig(inputs=(tmp_path / "in",), model=exported, device="cpu", workers=1)).captions}
+    printed = {c.to_json()["path"]: c.to_json() for c in
+               run_caption(CaptionConfig(inputs=(tmp_path / "in",), model=exported, device="cpu", workers=1)).captions}
     monkeypatch.setattr(caption_stage, "OUTPUT_CHUNK", 3)
+    # the reference: the same chunks uninterrupted (beam search batches videos, and floats depend on the batch)
+    whole = tmp_path / "whole.jsonl"
+    run_caption(dataclasses.replace(cfg, output=whole))
+    one_shot = {d["path"]: d for d in map(json.loads, whole.read_text().splitlines())}
+    assert {p: d["video"] for p, d in one_shot.items()} == {p: d["video"] for p, d in printed.items()}
     real, calls = Captioner.caption, []
 
     def stop_in_second_chunk(self, *args, **kwargs):
@@ -306,7 +312,7 @@ def test_output_file_is_appended_in_chunks_and_a_stopped_run_goes_on_where_it_st
     assert res.exit_code == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(d["path"] for d in lines) == sorted(one_shot)  # every video once
-    assert {d["path"]: d for d in lines} == one_shot  # the one-shot run's captions, scores and ids
+    assert {d["path"]: d for d in lines} == one_shot  # the uninterrupted run's captions, scores and ids
     again = run_caption(cfg)
     assert again.output["already_done"] == len(clips) + 1 and again.output["captioned_now"] == 0
     out.write_text("this is not json\n")
