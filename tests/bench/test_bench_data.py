@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from fcvc_pipeline.bench.data import combine_rounds
 from fcvc_pipeline.captions.vocabulary import load_captions
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.features.store import FeatureStore
@@ -87,24 +88,28 @@ def test_training_figures_and_ratios_agree(first):
     assert out["config"]["sizes"] == list(SIZES) and out["ranks"] is None
     speed, to_bank = {}, {}
     for n in SIZES:
-        row = out["training"][str(n)]["memory"]
-        assert _ok(row), row
-        assert "--max-steps" in row["command"] and row["returncode"] == 0
-        history = read_metrics(Path(row["run_dir"]))  # the last round's run
-        assert row["steps"] == history[-1]["step"] == 2
-        assert row["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history), rel=1e-12)
-        assert row["rounds"][-1]["train_seconds"] == row["train_seconds"]
-        for r in row["rounds"]:
-            assert r["steps_per_second"] == pytest.approx(r["steps"] / r["train_seconds"], rel=1e-12)
-        assert row["steps_per_second"] == pytest.approx(
-            statistics.median(r["steps_per_second"] for r in row["rounds"]), rel=1e-12)
-        assert row["peak_pss_bytes"] == max(r["peak_pss_bytes"] for r in row["rounds"])
-        assert 0 <= row["peak_at_seconds"] <= row["wall_seconds"] + 1
-        assert row["peak_pss_bytes"] > 0 and row["ru_maxrss_bytes"] > 0 and row["peak_processes"] >= 1
-        assert row["peak_pss_anon_bytes"] + row["peak_pss_file_bytes"] + row["peak_pss_shmem_bytes"] \
-            == pytest.approx(row["peak_pss_bytes"], rel=0.01)
-        assert not list(Path(row["run_dir"]).glob("*.pt"))  # checkpoints removed (disk)
-        to_bank[str(n)] = row["peak_pss_bytes"] / out["stores"][str(n)]["bank_bytes"]
+        entry = out["training"][str(n)]["memory"]
+        assert _ok(entry), entry
+        rounds = entry["rounds"]
+        for row in rounds:
+            assert "--max-steps" in row["command"] and row["returncode"] == 0
+            assert row["steps_per_second"] == pytest.approx(row["steps"] / row["train_seconds"], rel=1e-12)
+            assert row["peak_pss_bytes"] > 0 and row["ru_maxrss_bytes"] > 0 and row["peak_processes"] >= 1
+            assert row["peak_pss_anon_bytes"] + row["peak_pss_file_bytes"] + row["peak_pss_shmem_bytes"] \
+                == pytest.approx(row["peak_pss_bytes"], rel=0.01)
+            assert 0 <= row["peak_at_seconds"] <= row["wall_seconds"] + 1
+            assert not list(Path(row["run_dir"]).glob("*.pt"))  # checkpoints removed (disk)
+        history = read_metrics(Path(rounds[-1]["run_dir"]))  # the last round's run
+        assert rounds[-1]["steps"] == history[-1]["step"] == 2
+        assert rounds[-1]["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history), rel=1e-12)
+        # the mode's figures: the median speed, the largest peak (that round's breakdown)
+        assert entry["steps_per_second"] == pytest.approx(
+            statistics.median(r["steps_per_second"] for r in rounds), rel=1e-12)
+        top = rounds[entry["peak_round"]]
+        assert entry["peak_pss_bytes"] == top["peak_pss_bytes"] == max(r["peak_pss_bytes"] for r in rounds)
+        assert entry["peak_pss_anon_bytes"] == top["peak_pss_anon_bytes"]
+        assert entry["ru_maxrss_bytes"] == max(r["ru_maxrss_bytes"] for r in rounds)
+        to_bank[str(n)] = entry["peak_pss_bytes"] / out["stores"][str(n)]["bank_bytes"]
     assert out["ratios"]["memory_peak_to_bank"] == pytest.approx(to_bank, rel=1e-12)
     assert out["ratios"]["stream_to_memory_steps_per_second"] == speed  # stream not asked for
     assert out["ratios"]["memory_minus_stream_peak_to_bank"] == {}
@@ -167,6 +172,21 @@ def test_rerun_reuses_the_stores_and_two_ranks(first):
     assert entry["two_to_one"] == pytest.approx(rows["2"]["peak_pss_bytes"] / rows["1"]["peak_pss_bytes"], rel=1e-12)
     assert again["ratios"]["two_ranks_stream"] == entry["two_to_one"]
     assert rows["2"]["peak_processes"] >= 3  # the launcher and two ranks, summed
+
+
+def test_rounds_combine_into_the_median_speed_and_the_largest_peak():
+    def row(sps, peak, rss):
+        return {"steps_per_second": sps, "ru_maxrss_bytes": rss, "peak_pss_bytes": peak, "peak_pss_anon_bytes": peak - 1,
+                "peak_pss_file_bytes": 1, "peak_pss_shmem_bytes": 0, "peak_rss_sum_bytes": peak + 5,
+                "peak_processes": 3, "peak_at_seconds": float(peak)}
+
+    rounds = [row(1.0, 30, 7), row(3.0, 50, 6), row(2.0, 40, 9)]
+    out = combine_rounds(rounds)
+    assert out["steps_per_second"] == 2.0 and out["peak_round"] == 1
+    assert out["peak_pss_bytes"] == 50 and out["peak_pss_anon_bytes"] == 49 and out["peak_at_seconds"] == 50.0
+    assert out["ru_maxrss_bytes"] == 9 and out["rounds"] == rounds
+    failed = combine_rounds([rounds[0], {"error": "exit code 1", "stderr_tail": "..."}])
+    assert failed["error"] == "exit code 1" and len(failed["rounds"]) == 2
 
 
 @pytest.mark.parametrize("args, says", [

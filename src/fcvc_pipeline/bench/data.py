@@ -585,7 +585,9 @@ def run_watched(cmd: list[str], env: dict[str, str], *, interval: float, timeout
             "peak_rss_sum_bytes": peak.get("Rss"), "peak_processes": peak.get("processes", 0),
             "peak_at_seconds": peak.get("at"),
             "max_processes": watch.max_processes, "samples": watch.samples,
-            "ru_maxrss_bytes": usage.ru_maxrss * 1024, "stdout": stdout, "stderr_tail": stderr[-3000:]}
+            "ru_maxrss_bytes": usage.ru_maxrss * 1024,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,  # with the processes it waited for (loader workers)
+            "stdout": stdout, "stderr_tail": stderr[-3000:]}
 
 
 def mem_info() -> dict[str, int]:
@@ -728,25 +730,22 @@ def measure_training(cfg: DataBenchConfig, stores: dict[int, dict[str, Any]],
     return out
 
 
-ROUND_KEYS = ("steps", "train_seconds", "steps_per_second", "peak_pss_bytes", "ru_maxrss_bytes", "wall_seconds",
-              "loadavg_before")
 PEAK_KEYS = ("peak_pss_bytes", "peak_pss_anon_bytes", "peak_pss_file_bytes", "peak_pss_shmem_bytes",
-             "peak_rss_sum_bytes", "peak_processes", "peak_at_seconds", "ru_maxrss_bytes")
+             "peak_rss_sum_bytes", "peak_processes", "peak_at_seconds")
 
 
 def combine_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One mode's rounds: the last round's row with the median steps per second and the largest peak (that
-    round's peak figures), each round's own figures under ``rounds``; a failed round is the result."""
-    for row in rows:
-        if "error" in row:
-            return row
-    out = dict(rows[-1])
-    highest = max(rows, key=lambda r: r["peak_pss_bytes"])
-    out.update({k: highest[k] for k in PEAK_KEYS})
+    """One mode's rounds: the median steps per second, the largest peak (with that round's breakdown, and its
+    index as ``peak_round``), the largest ``ru_maxrss``; every round's own row under ``rounds``. A failed
+    round makes the whole an error."""
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        return {"error": failed[0]["error"], "rounds": rows}
+    peak_round = max(range(len(rows)), key=lambda k: rows[k]["peak_pss_bytes"])
     speeds = [r["steps_per_second"] for r in rows]
-    out["steps_per_second"] = statistics.median(speeds) if None not in speeds else None
-    out["rounds"] = [{k: r.get(k) for k in ROUND_KEYS} for r in rows]
-    return out
+    return {"steps_per_second": statistics.median(speeds) if None not in speeds else None,
+            **{k: rows[peak_round][k] for k in PEAK_KEYS}, "peak_round": peak_round,
+            "ru_maxrss_bytes": max(r["ru_maxrss_bytes"] for r in rows), "rounds": rows}
 
 
 def measure_ranks(cfg: DataBenchConfig, store: dict[str, Any], options: dict[str, bool]) -> dict[str, Any]:
