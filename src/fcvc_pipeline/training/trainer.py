@@ -1,6 +1,8 @@
 """The training engine: a :class:`Trainer` over a :class:`~fcvc_pipeline.training.state.TrainState`.
 
-The loop in one paragraph: features are read from the store once (onto the GPU when they fit); each epoch
+The loop in one paragraph: features are read from the store once into a bank (onto the GPU when they fit;
+under torchrun one memory-mapped copy per machine) or, with ``--features stream``, each batch's videos are
+read ahead by DataLoader workers (``features/bank.py``: the same numbers either way); each epoch
 shuffles the training *videos* with a generator seeded by (seed, epoch) and packs all captions of a video
 into the same batch, so the video is encoded once; AdamW with linear warm-up and cosine decay (a pure
 function of the global step, so resuming needs no scheduler object), gradient clipping, the Eq. 7 loss with
@@ -15,6 +17,8 @@ ends with the same numbers as an uninterrupted one (bit for bit on CPU). :meth:`
 restored run train longer (a larger ``epochs``/``max_steps``): the extension is recorded in the state, the
 cosine decay is stretched from the current step to the new end (``optim.learning_rate``) and the patience
 counter restarts there. With ``tensorboard`` the epoch records also go to ``tb/`` (``training/tensorboard.py``).
+With ``scst`` the run starts from another run's ``best.pt`` (validated as epoch 0) and each step is the
+self-critical policy gradient of ``training/scst.py`` instead of Eq. 7 (:meth:`Trainer.scst_loss`).
 
 The stage (``stages/train.py``) decides whether a run is fresh, resumed, extended or up to date; this module
 trains.
