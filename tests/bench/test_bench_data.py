@@ -145,6 +145,7 @@ def test_growth_fits_agree_with_the_timings(first):
     assert lin["met"] == all(v <= lin["at_most"] for v in lin["values"].values())
 
 
+@pytest.mark.slow  # two torchrun launches (about 15 s)
 def test_rerun_reuses_the_stores_and_two_ranks(first):
     data, out = first
     marks = {n: (data / f"videos-{n}" / "bench-data.json").stat().st_mtime_ns for n in SIZES}

@@ -8,12 +8,12 @@ One run measures, side by side on synthetic work directories of ``--sizes`` vide
    validation when ``i % 20 == 0``, test when ``i % 20 == 1``, training otherwise), an MSR-VTT-like
    ``annotations.json`` of the same captions, a captions file for the test videos, and one empty
    placeholder "video file" per video (its size and modification time recorded in the store, as
-   extraction records a real file's). Video ``i``'s numbers depend on the seed and ``i`` only, so a larger
-   store *extends* the largest smaller one: its videos are hard links of that one's chunk files (no second
-   copy on disk) and only the new videos are written, by ``--writers`` processes. ``bench-data.json`` beside
+   extraction records a real file's). Video ``i``'s numbers depend on the seed and ``i`` only, so a new
+   store takes the videos it shares with the existing store that has most of them as hard links of that
+   one's chunk files (no second copy on disk); only the others are written, by ``--writers`` processes. ``bench-data.json`` beside
    the store records the generation parameters; a rerun with the same parameters reuses the store.
 2. **Training memory and speed.** ``fcvc train --max-steps --steps`` as a subprocess per size and
-   ``--features`` mode: the peak over time of the summed proportional set size (PSS, ``smaps_rollup``) of
+   ``--features`` mode, in ``--rounds`` interleaved rounds (the median speed, the largest peak): the peak over time of the summed proportional set size (PSS, ``smaps_rollup``) of
    the process and all its descendants (DataLoader workers included), the ``ru_maxrss`` of the main process,
    and steps per second from the run's ``metrics.jsonl`` (training seconds, validation excluded). Each store's
    training videos are read once before each run, so that the page cache holds what fits. The ranks' shared
