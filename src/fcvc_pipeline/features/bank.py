@@ -199,10 +199,12 @@ class StoreBank:
         shapes = self.layout.shapes
         return {key: shapes[field][0] if field in shapes else None for field, key in ARRAYS}
 
-    def arrays(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
-        """The stored arrays of the videos at ``rows``, stacked (the store's dtype)."""
+    def arrays(self, rows: Sequence[int], dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
+        """The stored arrays of the videos at ``rows``, stacked, in ``dtype`` (default: the store's); each video
+        is converted as it is copied in, so a batch never exists in both dtypes."""
         layout = self.layout
-        out = {field: np.empty((len(rows), *shape), dtype=dtype) for field, (shape, dtype) in layout.shapes.items()}
+        out = {field: np.empty((len(rows), *shape), dtype=dtype or stored)
+               for field, (shape, stored) in layout.shapes.items()}
         for i, r in enumerate(rows):
             try:
                 f = self.store.read_video(self.video_ids[r])
@@ -213,8 +215,8 @@ class StoreBank:
         return out
 
     def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> VideoBatch:
-        arrays = self.arrays(rows.tolist())
-        pick = lambda name: torch.from_numpy(arrays[name]).to(dtype) if name in arrays else None  # noqa: E731
+        arrays = self.arrays(rows.tolist(), dtype=torch.empty((), dtype=dtype).numpy().dtype)
+        pick = lambda name: torch.from_numpy(arrays[name]) if name in arrays else None  # noqa: E731
         return VideoBatch(frames=pick("frames"), clips=pick("clips"), regions=pick("regions"))
 
 

@@ -392,6 +392,7 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
+        del features  # streamed: the loader workers and the batches they read ahead go before validation
         seconds = time.perf_counter() - t0 + s.sums.get("seconds_before", 0.0)
         record = {"epoch": epoch + 1, "step": s.step, "lr": self.optimizer.param_groups[0]["lr"],
                   **self.means(s.sums), "seconds": seconds, "sec_per_10M_params": seconds / (self.parameters / 1e7)}
