@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
+from fcvc_pipeline.features import bank as bank_module
 from fcvc_pipeline.features.bank import load_feature_bank
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.inference import captioner as captioner_module
@@ -100,7 +101,7 @@ def test_a_split_larger_than_the_memory_budget_is_captioned_streamed(trained, mo
     w, res = trained
     loaded = json.loads(caption_split(w, res.run.name, "test", beam_size=2, device="cpu").read_text())
     shutil.rmtree(res.run / "captions")
-    monkeypatch.setattr(captioner_module, "parse_budget", lambda text: 0)
+    monkeypatch.setattr(bank_module, "parse_budget", lambda text: 0)
     monkeypatch.setattr(captioner_module, "load_feature_bank",
                         lambda *a, **k: pytest.fail("a split over the budget must not be loaded whole"))
     capsys.readouterr()

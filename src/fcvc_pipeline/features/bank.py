@@ -128,18 +128,19 @@ def _check_like(layout: BankLayout, f, store_path) -> dict[str, np.ndarray]:
 
 
 def load_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions: bool,
-                      out: dict[str, np.ndarray] | None = None) -> FeatureBank:
+                      out: dict[str, np.ndarray] | None = None, layout: BankLayout | None = None) -> FeatureBank:
     """Read the given (complete) videos from the store into one bank, once.
 
     The bank's arrays are allocated first and each video is copied into its row, so the peak is the bank
     itself plus one video (not a list of arrays and then their stacked copy). ``out`` (bank field -> array
     of the full bank's shape, e.g. a memory-mapped file) is filled instead of new arrays. Every video is
     checked as it is read (``FeatureStore.read_video``); damaged ones are all read and reported together,
-    in one :class:`DamagedFeaturesError`.
+    in one :class:`DamagedFeaturesError`. ``layout``: the videos' shapes when already known (else read
+    from the first video).
     """
     if not video_ids:
         raise MismatchError(f"no video to load from {store.path}")
-    layout = bank_layout(store, video_ids[0], regions=regions)
+    layout = layout or bank_layout(store, video_ids[0], regions=regions)
     arrays = out if out is not None else {
         field: np.empty((len(video_ids), *shape), dtype=dtype) for field, (shape, dtype) in layout.shapes.items()}
     damaged: list[DamagedVideoError] = []
@@ -165,10 +166,11 @@ class StoreBank:
     (checked, as every read is). Memory stays at one batch whatever the number of videos; pickles as the
     store's path, so DataLoader worker processes open their own store."""
 
-    def __init__(self, store_path: Path, video_ids: Sequence[str], *, regions: bool):
+    def __init__(self, store_path: Path, video_ids: Sequence[str], *, regions: bool,
+                 layout: BankLayout | None = None):
         self.store_path, self.video_ids, self.regions = Path(store_path), list(video_ids), regions
         self._store: FeatureStore | None = None
-        self._layout: BankLayout | None = None
+        self._layout = layout
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_store": None}
@@ -254,6 +256,15 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def plan_features(store: FeatureStore, video_ids: Sequence[str], *, regions: bool, mode: str = "auto",
+                  budget: str | None = None) -> tuple[str, str, BankLayout]:
+    """(memory | stream, why, the videos' layout) for holding these videos' features: the bank's size from
+    the first video's shapes (read once; pass the layout on to the bank) against ``--memory-budget``."""
+    layout = bank_layout(store, video_ids[0], regions=regions)
+    chosen, why = choose_feature_mode(mode, layout.video_nbytes() * len(video_ids), parse_budget(budget))
+    return chosen, why, layout
+
+
 def choose_feature_mode(mode: str, bank_bytes: int, budget_bytes: int) -> tuple[str, str]:
     """(memory | stream, why) for ``--features mode``."""
     size = f"{bank_bytes / 2**30:.2f} GiB"
@@ -267,16 +278,18 @@ def choose_feature_mode(mode: str, bank_bytes: int, budget_bytes: int) -> tuple[
 
 
 def shared_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions: bool, cache_dir: Path,
-                        builder: bool, wait: Callable[[], None]) -> FeatureBank:
+                        builder: bool, wait: Callable[[], None], layout: BankLayout | None = None,
+                        content: str | None = None) -> FeatureBank:
     """One bank per machine for several processes (torchrun ranks on one node): the ``builder`` (local rank
     0) fills memory-mapped files under ``cache_dir`` once, ``wait()`` (a barrier all of them call) lets the
     others map the same files, so the features sit in memory once, in the page cache every process maps.
 
     The files are keyed by the features' content fingerprint and kept, so a later run on the same videos
     maps them without reading the store; a half-written cache (a killed builder) has no ``done.json`` and
-    is rebuilt.
+    is rebuilt. ``content``: ``store.content_fingerprint(video_ids)`` when the caller has it already (it
+    reads every video's attributes); ``layout`` as for :func:`load_feature_bank`.
     """
-    key = fingerprint({"features": store.content_fingerprint(video_ids), "videos": list(video_ids),
+    key = fingerprint({"features": content or store.content_fingerprint(video_ids), "videos": list(video_ids),
                        "regions": regions})
     # one folder per machine: on a shared filesystem two nodes never write each other's files
     folder = Path(cache_dir) / f"{key[:16]}-{safe_name(socket.gethostname())}"
@@ -285,11 +298,11 @@ def shared_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, region
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.npy"):
             stale.unlink()
-        layout = bank_layout(store, video_ids[0], regions=regions)
+        layout = layout or bank_layout(store, video_ids[0], regions=regions)
         out = {field: np.lib.format.open_memmap(folder / f"{field}.npy", mode="w+", dtype=dtype,
                                                 shape=(len(video_ids), *shape))
                for field, (shape, dtype) in layout.shapes.items()}
-        load_feature_bank(store, video_ids, regions=regions, out=out)
+        load_feature_bank(store, video_ids, regions=regions, out=out, layout=layout)
         for a in out.values():
             a.flush()
         atomic_write_json(done, {"key": key, "videos": len(video_ids), "fields": sorted(out)})

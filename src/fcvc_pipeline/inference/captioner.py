@@ -36,10 +36,8 @@ from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import (
     FeatureBank,
     StoreBank,
-    bank_layout,
-    choose_feature_mode,
     load_feature_bank,
-    parse_budget,
+    plan_features,
 )
 from fcvc_pipeline.features.extraction import VideoResult, extract_in_memory
 from fcvc_pipeline.features.networks import Backbones
@@ -405,12 +403,11 @@ def split_features(store: FeatureStore, store_path: Path, video_ids: list[str], 
     """A split's features: loaded at once (every damaged video listed before any captioning) when they fit the
     default memory budget, else streamed 32 videos at a time (memory bounded whatever the split's size; a
     damaged video stops captioning when it is reached)."""
-    nbytes = bank_layout(store, video_ids[0], regions=regions).video_nbytes() * len(video_ids)
-    mode, why = choose_feature_mode("auto", nbytes, parse_budget(None))
+    mode, why, layout = plan_features(store, video_ids, regions=regions)
     if mode == "stream":
         progress.log(f"features: streamed from {store_path} ({why})")
-        return StoreBank(store_path, video_ids, regions=regions)
-    return load_feature_bank(store, video_ids, regions=regions)
+        return StoreBank(store_path, video_ids, regions=regions, layout=layout)
+    return load_feature_bank(store, video_ids, regions=regions, layout=layout)
 
 
 def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int | None = None,

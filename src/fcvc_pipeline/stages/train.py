@@ -133,7 +133,8 @@ def _train(cfg: TrainConfig, w: Workdir, run_dir: Path) -> TrainResult:
                            up_to_date=True, history=out.get("history", []), decoding=out.get("decoding"),
                            extensions=out.get("extensions", []))
     data = load_train_data(vocab, rows, store, w.features, usable, model_cfg, device, d.main, features=cfg.features,
-                           memory_budget=cfg.memory_budget, dist=d, cache_dir=bank_cache_dir(w))
+                           memory_budget=cfg.memory_budget, dist=d, cache_dir=bank_cache_dir(w),
+                           features_fingerprint=manifest.inputs["features"])
     trainer = Trainer(cfg, model_cfg, data, run_dir, dist=d, device=device, manifest_key=manifest.fingerprint(),
                       settings=manifest.key(), init=init.checkpoint if init and plan.checkpoint is None else None)
     if plan.checkpoint is not None:

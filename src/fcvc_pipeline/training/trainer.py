@@ -49,10 +49,8 @@ from fcvc_pipeline.evaluation.metrics import count_unk
 from fcvc_pipeline.features.bank import (
     FeatureBank,
     StoreBank,
-    bank_layout,
-    choose_feature_mode,
     load_feature_bank,
-    parse_budget,
+    plan_features,
     shared_feature_bank,
 )
 from fcvc_pipeline.features.settings import weights_identity
@@ -113,10 +111,11 @@ class TrainData:
 def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureStore, store_path: Path,
                     usable: list[str], model_cfg: ModelConfig, device: torch.device, main: bool, *,
                     features: str = "memory", memory_budget: str | None = None, dist: Dist | None = None,
-                    cache_dir: Path | None = None) -> TrainData:
-    """The run's captions and features. ``features``: memory | stream | auto (``choose_feature_mode``
-    against ``memory_budget``); in memory under torchrun with several processes on this machine, one
-    memory-mapped bank under ``cache_dir`` is shared by all of them."""
+                    cache_dir: Path | None = None, features_fingerprint: str | None = None) -> TrainData:
+    """The run's captions and features. ``features``: memory | stream | auto (``plan_features`` against
+    ``memory_budget``); in memory under torchrun with several processes on this machine, one
+    memory-mapped bank under ``cache_dir`` is shared by all of them, keyed by ``features_fingerprint``
+    (the store's ``content_fingerprint`` of the train + val videos, which the stage has already computed)."""
     train_ids = sorted({r.video_id for r in rows if r.split == "train"} & set(usable))
     val_ids = sorted({r.video_id for r in rows if r.split == "val"} & set(usable))
     if not val_ids and main:
@@ -126,19 +125,18 @@ def load_train_data(vocab: Vocabulary, rows: list[CaptionRow], store: FeatureSto
         raise MismatchError("no training video has both captions and features",
                             hint="check the split column of the annotations and run `fcvc extract` on the training videos")
     ids, regions = train_ids + val_ids, model_cfg.uses_regions
-    bank_bytes = bank_layout(store, ids[0], regions=regions).video_nbytes() * len(ids)
-    mode, why = choose_feature_mode(features, bank_bytes, parse_budget(memory_budget))
+    mode, why, layout = plan_features(store, ids, regions=regions, mode=features, budget=memory_budget)
     if main:
         progress.log(f"features: {mode} ({why})")
     d = dist or Dist()
     bank: FeatureBank | StoreBank
     if mode == "stream":
-        bank = StoreBank(store_path, ids, regions=regions)
+        bank = StoreBank(store_path, ids, regions=regions, layout=layout)
     elif d.local_world > 1 and cache_dir is not None:
         bank = shared_feature_bank(store, ids, regions=regions, cache_dir=cache_dir, builder=d.local_rank == 0,
-                                   wait=lambda: barrier(d))
+                                   wait=lambda: barrier(d), layout=layout, content=features_fingerprint)
     else:
-        bank = load_feature_bank(store, ids, regions=regions)
+        bank = load_feature_bank(store, ids, regions=regions, layout=layout)
     if mode == "memory" and device.type == "cuda" and bank.nbytes() < 0.5 * torch.cuda.mem_get_info(device)[0]:
         bank = bank.to(device)
     index = bank.index()
