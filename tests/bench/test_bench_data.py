@@ -162,10 +162,6 @@ def test_rerun_reuses_the_stores_and_two_ranks(first):
     ranks = again["ranks"]
     assert ranks["videos"] == 12
     entry = ranks["stream"]
-    if not again["environment"]["fcvc_train_options"]["features"]:
-        assert "--features" in entry["skipped"]  # before fcvc train had the option
-        assert again["ratios"]["two_ranks_stream"] is None
-        return
     rows = entry["processes"]
     assert rows["1"]["command"][rows["1"]["command"].index("--nproc-per-node") + 1] == "1"
     assert rows["2"]["command"][rows["2"]["command"].index("--nproc-per-node") + 1] == "2"

@@ -31,8 +31,7 @@ One run measures, side by side on synthetic work directories of ``--sizes`` vide
    whether the growth is linear.
 
 Memory mode at a size whose bank would not fit in the available memory (``MEMORY_SKIP_FACTOR`` times the
-bank plus ``PROCESS_BYTES``) is skipped with the reason in the JSON, never attempted. Without an ``fcvc
-train --features`` option (before it existed) memory mode is plain ``fcvc train`` and stream mode is skipped.
+bank plus ``PROCESS_BYTES``) is skipped with the reason in the JSON, never attempted.
 """
 
 from __future__ import annotations
@@ -71,7 +70,6 @@ from fcvc_pipeline.captions.vocabulary import (
     save_vocab_dir,
 )
 from fcvc_pipeline.commands.common import common_options, parse_int_list, run_and_exit
-from fcvc_pipeline.commands.train import train as train_command
 from fcvc_pipeline.errors import ConfigError, FilesystemError, require
 from fcvc_pipeline.evaluation.metrics import read_captions_file
 from fcvc_pipeline.features.loop import video_status
@@ -93,9 +91,9 @@ PROJECT_TO = 100_000
 GB = 1e9
 GiB = 1 << 30
 SOURCE_MTIME_NS = 1_700_000_000_000_000_000  # every placeholder video file's modification time
-# memory mode is tried only when this many banks (+ PROCESS_BYTES per process) fit in the available memory: the
-# bank filled in place (fcvc train --features), or twice it where the loader stacked a list (before that)
-MEMORY_SKIP_FACTOR = {True: 1.25, False: 2.0}
+# memory mode is tried only when this many banks (+ PROCESS_BYTES per process) fit in the available memory (the
+# bank is filled in place, and the ranks of one machine share one mapped copy)
+MEMORY_SKIP_FACTOR = 1.25
 PROCESS_BYTES = 2 * GiB  # what one training process holds besides the bank (torch, model, optimizer)
 POOL_AT_LEAST = 64  # fewer new videos than this are written in this process
 MSRVTT_SPLIT = {"train": "train", "val": "validate", "test": "test"}
@@ -614,35 +612,21 @@ def warm_store(work: Path, ids: list[str]) -> dict[str, Any]:
 
 
 # -- training ------------------------------------------------------------------------------------------------
-def train_options() -> dict[str, bool]:
-    """Which of the newer ``fcvc train`` options this checkout has."""
-    names = {o for p in train_command.params for o in getattr(p, "opts", ())}
-    return {"features": "--features" in names, "loader_workers": "--loader-workers" in names,
-            "memory_budget": "--memory-budget" in names}
-
-
-def train_args(cfg: DataBenchConfig, work: Path, run: str, mode: str, options: dict[str, bool]) -> list[str]:
+def train_args(cfg: DataBenchConfig, work: Path, run: str, mode: str) -> list[str]:
     args = ["train", "--workdir", str(work), "--run", run, "--model", cfg.model, "--d-model", str(cfg.d_model),
             "--max-steps", str(cfg.steps), "--batch-size", str(cfg.batch_size), "--select-beams", "",
-            "--device", cfg.device, "--force", "--json"]
-    if options["features"]:
-        args += ["--features", mode]
-    if cfg.loader_workers is not None and options["loader_workers"]:
+            "--device", cfg.device, "--force", "--json", "--features", mode]
+    if cfg.loader_workers is not None:
         args += ["--loader-workers", str(cfg.loader_workers)]
     return args
 
 
-def skip_reason(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options: dict[str, bool],
-                processes: int = 1) -> str | None:
-    if mode == "stream" and not options["features"]:
-        return "fcvc train has no --features option in this checkout (memory mode is all it does)"
+def skip_reason(store: dict[str, Any], mode: str, processes: int = 1) -> str | None:
     if mode == "memory":
-        factor = MEMORY_SKIP_FACTOR[options["features"]]
-        banks = 1 if options["features"] else processes  # ranks of one machine share one mapped bank
-        need = banks * factor * store["bank_bytes"] + processes * PROCESS_BYTES
+        need = MEMORY_SKIP_FACTOR * store["bank_bytes"] + processes * PROCESS_BYTES
         available = mem_info().get("MemAvailable", 0)
         if need > available:
-            return (f"the bank ({store['bank_bytes'] / GiB:.1f} GiB) would not fit: {banks} x {factor:g} x the bank + "
+            return (f"the bank ({store['bank_bytes'] / GiB:.1f} GiB) would not fit: {MEMORY_SKIP_FACTOR:g} x the bank + "
                     f"{processes} x {PROCESS_BYTES / GiB:.0f} GiB = {need / GiB:.1f} GiB, "
                     f"{available / GiB:.1f} GiB available")
     return None
@@ -666,8 +650,7 @@ def training_figures(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_once(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options: dict[str, bool], *,
-               processes: int | None = None) -> dict[str, Any]:
+def train_once(cfg: DataBenchConfig, store: dict[str, Any], mode: str, *, processes: int | None = None) -> dict[str, Any]:
     """One ``fcvc train`` (``processes``: through torchrun with that many per node), watched."""
     work = Path(store["workdir"])
     n = store["videos"]
@@ -678,13 +661,13 @@ def train_once(cfg: DataBenchConfig, store: dict[str, Any], mode: str, options: 
     env = {**os.environ, "FCVC_PROGRESS": "0", BANK_CACHE_ENV: str(cache)}
     if processes is None:
         run = f"bench-{mode}"
-        cmd = [sys.executable, "-m", "fcvc_pipeline", *train_args(cfg, work, run, mode, options)]
+        cmd = [sys.executable, "-m", "fcvc_pipeline", *train_args(cfg, work, run, mode)]
     else:
         run = f"bench-{mode}-{processes}p"
         env["OMP_NUM_THREADS"] = "1"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                "--master-port", str(free_port()), "-m", "fcvc_pipeline", "--",
-               *train_args(cfg, work, run, mode, options)]
+               *train_args(cfg, work, run, mode)]
     load = list(os.getloadavg())  # a shared machine's other work, for reading the speed
     result = run_watched(cmd, env, interval=cfg.poll, timeout=cfg.timeout)
     row = {k: v for k, v in result.items() if k != "stdout"}
@@ -705,15 +688,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure_training(cfg: DataBenchConfig, stores: dict[int, dict[str, Any]],
-                     options: dict[str, bool]) -> dict[int, dict[str, Any]]:
+def measure_training(cfg: DataBenchConfig, stores: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Each size's modes in ``cfg.rounds`` interleaved rounds (the order reversed every other round), so that
     a shared machine's changing load reaches both modes alike."""
     out: dict[int, dict[str, Any]] = {}
     for n in sorted(stores):
         out[n], modes = {}, []
         for mode in cfg.modes:
-            reason = skip_reason(cfg, stores[n], mode, options)
+            reason = skip_reason(stores[n], mode)
             if reason is not None:
                 progress.log(f"bench data: {n} videos, {mode}: skipped: {reason}")
                 out[n][mode] = {"skipped": reason}
@@ -723,7 +705,7 @@ def measure_training(cfg: DataBenchConfig, stores: dict[int, dict[str, Any]],
         for r in range(cfg.rounds):
             for mode in modes if r % 2 == 0 else modes[::-1]:
                 progress.log(f"bench data: {n} videos, {mode}: training {cfg.steps} steps (round {r + 1}/{cfg.rounds})")
-                rows[mode].append(row := train_once(cfg, stores[n], mode, options))
+                rows[mode].append(row := train_once(cfg, stores[n], mode))
                 log_training(f"{n} videos, {mode}", row, stores[n]["bank_bytes"])
         for mode in modes:
             out[n][mode] = combine_rounds(rows[mode])
@@ -748,10 +730,10 @@ def combine_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "ru_maxrss_bytes": max(r["ru_maxrss_bytes"] for r in rows), "rounds": rows}
 
 
-def measure_ranks(cfg: DataBenchConfig, store: dict[str, Any], options: dict[str, bool]) -> dict[str, Any]:
+def measure_ranks(cfg: DataBenchConfig, store: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"videos": store["videos"]}
     for mode in cfg.modes:
-        reason = skip_reason(cfg, store, mode, options, processes=2)
+        reason = skip_reason(store, mode, processes=2)
         if reason is not None:
             progress.log(f"bench data: two ranks, {mode}: skipped: {reason}")
             out[mode] = {"skipped": reason}
@@ -759,7 +741,7 @@ def measure_ranks(cfg: DataBenchConfig, store: dict[str, Any], options: dict[str
         rows = {}
         for processes in (1, 2):
             progress.log(f"bench data: {store['videos']} videos, {mode}, torchrun with {processes} process(es)")
-            rows[str(processes)] = row = train_once(cfg, store, mode, options, processes=processes)
+            rows[str(processes)] = row = train_once(cfg, store, mode, processes=processes)
             log_training(f"{mode}, {processes} process(es)", row, store["bank_bytes"])
         ok = all("error" not in r for r in rows.values())
         out[mode] = {"processes": rows,
@@ -946,7 +928,7 @@ def targets_of(ratios: dict[str, Any], fits: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def environment(options: dict[str, bool] | None) -> dict[str, Any]:
+def environment() -> dict[str, Any]:
     mem = mem_info()
 
     def pkg(name: str) -> str | None:
@@ -959,17 +941,15 @@ def environment(options: dict[str, bool] | None) -> dict[str, Any]:
             "mem_available_bytes": mem.get("MemAvailable"), "loadavg": list(os.getloadavg()),
             "python": platform.python_version(), "torch": pkg("torch"), "zarr": pkg("zarr"),
             "machine": platform.machine(), "kernel": platform.release(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "fcvc_train_options": options}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def run_data_bench(cfg: DataBenchConfig) -> DataBenchResult:
     require(cfg.validate())
-    env = environment(None)
+    env = environment()
     stores = prepare_stores(cfg)
-    options = train_options() if {"train", "ranks"} & set(cfg.parts) else None
-    env["fcvc_train_options"] = options
-    training = measure_training(cfg, stores, options) if "train" in cfg.parts and options else {}
-    ranks = measure_ranks(cfg, stores[cfg.ranks_at], options) if "ranks" in cfg.parts and options else None
+    training = measure_training(cfg, stores) if "train" in cfg.parts else {}
+    ranks = measure_ranks(cfg, stores[cfg.ranks_at]) if "ranks" in cfg.parts else None
     growth = measure_growth(cfg, stores) if "growth" in cfg.parts else {}
     fits = {item: growth_fit(sorted(growth), [growth[n][item]["seconds"] for n in sorted(growth)])
             for item in GROWTH_ITEMS} if growth else {}
@@ -986,8 +966,7 @@ def run_data_bench(cfg: DataBenchConfig) -> DataBenchResult:
                 "batch_size": cfg.batch_size, "device": cfg.device, "loader_workers": cfg.loader_workers,
                 "ranks_size": cfg.ranks_at if "ranks" in cfg.parts else None, "repeats": cfg.repeats,
                 "writers": cfg.writers, "min_free_gb": cfg.min_free_gb, "poll_seconds": cfg.poll, "seed": cfg.seed,
-                "memory_skip_rule": f"memory mode runs only when MemAvailable >= {MEMORY_SKIP_FACTOR[True]:g} x the bank "
-                                    f"(with --features; else processes x {MEMORY_SKIP_FACTOR[False]:g} x the bank) "
+                "memory_skip_rule": f"memory mode runs only when MemAvailable >= {MEMORY_SKIP_FACTOR:g} x the bank "
                                     f"+ processes x {PROCESS_BYTES / GiB:.0f} GiB"},
         environment=env, stores={str(n): s for n, s in stores.items()},
         training={str(n): rows for n, rows in training.items()}, ranks=ranks,
