@@ -102,6 +102,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def append_synced_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` and fsync it before returning (a log that a rerun reads back: what it
+    holds is on disk). An OSError is raised again naming ``path``, as :func:`atomic_write_bytes` does."""
+    path = Path(path)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _naming(e, path) from e
+
+
 def _naming(error: OSError, path: Path) -> OSError:
     """``error`` when it names a path a person knows; else the same errno naming ``path`` (the temp file
     beside it is an implementation detail, and a failed write or fsync names nothing)."""

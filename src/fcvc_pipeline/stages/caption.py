@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
+from fcvc_pipeline.artifacts import append_synced_text
 from fcvc_pipeline.devices import check_device_spec, resolve_device
 from fcvc_pipeline.errors import FilesystemError, InputError, filesystem_error, require
 from fcvc_pipeline.features.extraction import VideoResult, extract_like
@@ -202,7 +203,7 @@ def _caption_into_file(cfg: CaptionConfig, captioner: Captioner, weights: dict[s
                 else:
                     failed += 1
                     progress.warn(f"{s.path}: {c.error}")
-            _append_synced(cfg.output, "".join(lines))
+            append_synced_text(cfg.output, "".join(lines))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -237,17 +238,6 @@ def read_output_lines(path: Path) -> set[str]:
                                    "\"path\")", line=n, hint="name a new file, or the file an earlier run wrote") from None
     return done
 
-
-def _append_synced(path: Path, text: str) -> None:
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:  # a failed write or fsync may name no file: name the output
-        if e.filename is None:
-            e.filename = str(path)
-        raise FilesystemError.from_oserror(e) from None
 
 
 def cache_key(source: VideoSource) -> str:
