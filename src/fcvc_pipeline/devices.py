@@ -121,3 +121,29 @@ def resolve_precision(spec: str, device: torch.device | str, *, cpu_bf16_by_defa
         return "bf16"
     allow = EXTRACT_CPU_BF16_BY_DEFAULT if cpu_bf16_by_default is None else cpu_bf16_by_default
     return "bf16" if kind == "cpu" and allow and cpu_has_bf16() else "fp32"
+
+
+# ``fcvc caption --precision`` (and Captioner): ``recorded``, the default, computes new videos' features in
+# the precision the model's training features were computed in, so a model never meets features of another
+# precision than it learnt from; the explicit values override it.
+CAPTION_PRECISIONS = ("recorded",) + PRECISIONS
+
+
+def dominant_precision(counts: dict[str, int]) -> str | None:
+    """The precision most of a store's videos were computed in (``fp32`` on a tie), from
+    ``FeatureStore.precision_counts``; None when no video recorded one (a store older than the records)."""
+    known = {p: n for p, n in counts.items() if p in ("fp32", "bf16") and n > 0}
+    if not known:
+        return None
+    return max(("fp32", "bf16"), key=lambda p: (known.get(p, 0), p == "fp32"))
+
+
+def resolve_feature_precision(spec: str, recorded: str | None, device: torch.device | str) -> str:
+    """``recorded|auto|fp32|bf16`` -> ``fp32`` or ``bf16`` for the feature networks of a trained model:
+    ``recorded`` is the training features' precision (``recorded``), or ``auto``'s choice when the model
+    does not record one (files exported before the record)."""
+    if spec not in CAPTION_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {spec!r})")
+    if spec == "recorded":
+        return recorded if recorded in ("fp32", "bf16") else resolve_precision("auto", device)
+    return resolve_precision(spec, device)

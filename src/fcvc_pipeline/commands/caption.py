@@ -30,6 +30,10 @@ from fcvc_pipeline.naming import tsv_field
               help="Write one attention figure (PNG) per video into this directory.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=int, default=None, help="Decode processes.")
+@click.option("--precision", type=click.Choice(["recorded", "auto", "fp32", "bf16"]), default="recorded",
+              show_default=True,
+              help="The feature networks' precision: recorded = the one the model's training features were "
+                   "computed in (auto's choice for a model that does not record it); the others as fcvc extract's.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append the captions to this JSON Lines file (one object per video, with its path), 64 videos "
                    "at a time, instead of printing them; videos already in the file are skipped, so a large "
@@ -37,7 +41,7 @@ from fcvc_pipeline.naming import tsv_field
 def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...], run_name: str | None,
             checkpoint: Path | None, model: Path | None, backbone_weights: tuple[tuple[str, Path], ...],
             beam_size: int | None, max_len: int | None, attention: Path | None, device: str, workers: int | None,
-            output: Path | None):
+            precision: str, output: Path | None):
     """Caption video files or directories end to end: prints video<TAB>caption per video, in the order given.
 
     The video id is the file name without its extension; two files with one name in different folders
@@ -58,7 +62,8 @@ def caption(workdir: Path, json_out: bool, verbose: bool, inputs: tuple[str, ...
     given = click.get_current_context().get_parameter_source("workdir") is ParameterSource.COMMANDLINE
     cfg = CaptionConfig(inputs=tuple(i if "://" in i else Path(i) for i in inputs), workdir=workdir if given or model is None else None, run=run_name,
                         checkpoint=checkpoint, model=model, backbone_weights=backbone_weights, beam_size=beam_size,
-                        max_len=max_len, attention=attention, device=device, workers=workers, output=output)
+                        max_len=max_len, attention=attention, device=device, workers=workers, output=output,
+                        precision=precision)
 
     def go():
         result = run_caption(cfg)

@@ -275,6 +275,17 @@ class FeatureStore:
         except (OSError, ValueError):
             return False
 
+    def precision_counts(self) -> dict[str, int]:
+        """Complete videos per precision their features were computed in (``fp32``/``bf16``; a video
+        written before precisions were recorded counts as ``unrecorded``). The videos' attributes say
+        ``bf16-autocast`` for bf16 (``Backbones.precision``); it counts as ``bf16``."""
+        counts: dict[str, int] = {}
+        for _, a in self._video_attrs():
+            if a.get("complete") is True:
+                key = str(a.get("precision") or "unrecorded").removesuffix("-autocast")
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def failures(self) -> dict[str, dict[str, Any]]:
         return {a["video_id"]: a["failure"] for _, a in self._video_attrs()
                 if a.get("complete") is not True and "failure" in a and "video_id" in a}

@@ -30,8 +30,8 @@ from PIL import Image
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.devices import resolve_device
-from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
+from fcvc_pipeline.devices import CAPTION_PRECISIONS, resolve_device
+from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import (
     FeatureBank,
@@ -142,30 +142,42 @@ class Captioner:
     device: torch.device
     extraction: FeatureRecipe | None = None  # how the features of a new video are computed (.fcvc files)
     provenance: dict[str, Any] = field(default_factory=dict)  # run, training config, scores, versions
+    # the feature networks' precision for new videos: recorded (the training features', the default) | auto |
+    # fp32 | bf16 (devices.resolve_feature_precision)
+    feature_precision: str = "recorded"
     _networks: dict[tuple, Backbones] = field(default_factory=dict, repr=False)  # built by backbones()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", *,
                         checkpoint: dict[str, Any] | None = None,
-                        extraction: FeatureRecipe | None = None) -> Captioner:
+                        extraction: FeatureRecipe | None = None, precision: str = "recorded") -> Captioner:
         """Load ``path`` (or use the already loaded ``checkpoint`` of it). ``extraction``: the recipe of the
-        store it was trained on (``recipe_from_store``), so that :meth:`caption` takes video files."""
+        store it was trained on (``recipe_from_store``), so that :meth:`caption` takes video files.
+        ``precision``: as for :meth:`load`."""
+        _check_feature_precision(precision)
         path = Path(path)
         dev = torch.device(device)
         ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
         if extraction is not None and extraction.settings_fingerprint != ckpt.get("store_settings_fingerprint"):
             raise MismatchError(f"{path} was trained on features extracted with other settings than the recipe given")
         return cls(model=model_from_checkpoint(ckpt, path, dev), vocab=vocabulary_of(ckpt),
-                   options=decoding_of(ckpt, path), checkpoint=ckpt, path=path, device=dev, extraction=extraction)
+                   options=decoding_of(ckpt, path), checkpoint=ckpt, path=path, device=dev, extraction=extraction,
+                   feature_precision=precision)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
+    def load(cls, path: str | Path, device: str | torch.device = "auto", *, precision: str = "recorded"
+             ) -> Captioner:
         """Load a ``.fcvc`` captioner file (``fcvc export``); ``device``: auto | cpu | cuda | cuda:N.
+
+        ``precision``: the feature networks' for new videos: ``recorded`` (default) is the precision the
+        training features were computed in, as the file records it (``auto``'s choice for a file that does
+        not); ``auto``, ``fp32`` or ``bf16`` override it (``fcvc extract --precision``).
 
         The file is checked whole before anything is built (format, version, digest): a damaged,
         truncated or foreign file is an :class:`~fcvc_pipeline.errors.InputError` naming it, and nothing
         in it is executed.
         """
+        _check_feature_precision(precision)
         path = Path(path)
         package = read_package(path)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -174,7 +186,8 @@ class Captioner:
                    "store_settings_fingerprint": package.features.settings_fingerprint}
         model = model_from_checkpoint({**entries, "state_dict": package.state_dict}, path, dev)
         return cls(model=model, vocab=package.vocab, options=package.decoding, checkpoint=entries, path=path,
-                   device=dev, extraction=package.features, provenance=package.provenance)
+                   device=dev, extraction=package.features, provenance=package.provenance,
+                   feature_precision=precision)
 
     def caption_bank(self, bank: FeatureBank | StoreBank, options: DecodingOptions | None = None,
                      rows: Sequence[int] | None = None) -> dict[str, Hypothesis]:
@@ -350,11 +363,11 @@ class Captioner:
     def backbones(self, weights_paths: Mapping[str, str | Path] | None = None) -> Backbones:
         """The feature networks of the recipe on this captioner's device, rebuilt and checked once."""
         recipe = self._check_can_extract()
-        key = tuple(sorted((k, str(v)) for k, v in (weights_paths or {}).items()))
+        key = (self.feature_precision,) + tuple(sorted((k, str(v)) for k, v in (weights_paths or {}).items()))
         cached = self._networks.get(key)
         if cached is None:
             cached = self._networks[key] = build_backbones(recipe, self.device, weights_paths=weights_paths,
-                                                           where=str(self.path))
+                                                           where=str(self.path), precision=self.feature_precision)
         return cached
 
     def attention_figure(self, caption: Caption, frames: np.ndarray | None = None) -> Image.Image:
@@ -450,3 +463,8 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     atomic_write_json(out, items)
     write_cached(key_file, key, file_sha256(out))
     return out
+
+
+def _check_feature_precision(precision: str) -> None:
+    if precision not in CAPTION_PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {precision!r})")

@@ -25,6 +25,10 @@ anywhere is an error naming the file. The header::
                    backbones            per role: the store's record (kind, seed / file sha256 / url,
                                         state_sha256 of the final network) and the names of its
                                         embedded tensor groups
+                   precision            fp32 or bf16: what most training videos' features were computed
+                                        in (absent in files written before it was recorded), and
+                   precision_counts     the store's complete videos per precision; new videos' features
+                                        are computed in ``precision`` by default
     provenance     run, checkpoint sha256, training config, best validation CIDEr, test scores (when the
                    run's test split was scored with this checkpoint), fcvc / torch versions, ...
 
@@ -53,6 +57,7 @@ from torch import nn
 
 from fcvc_pipeline.artifacts import atomic_write_bytes, fingerprint
 from fcvc_pipeline.captions.vocabulary import Vocabulary
+from fcvc_pipeline.devices import dominant_precision, resolve_feature_precision
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError
 from fcvc_pipeline.features.backbones import CLIP_MODELS
 from fcvc_pipeline.features.networks import Backbones, network_from_record
@@ -100,6 +105,10 @@ class FeatureRecipe:
     settings: dict[str, Any]
     settings_fingerprint: str
     backbones: dict[str, BackboneRecipe] = field(default_factory=dict)
+    # what the training features were computed in (devices.dominant_precision of the store's videos); None:
+    # not recorded (a file exported before the record, or a store whose videos predate it)
+    precision: str | None = None
+    precision_counts: dict[str, int] = field(default_factory=dict)
 
     def missing_networks(self) -> list[str]:
         """Roles the settings use whose network was not recorded (a store written before records)."""
@@ -134,6 +143,8 @@ def package_summary(package: CaptionerPackage) -> dict[str, Any]:
             "features": {"frames": s.get("frames"), "frame_size": s.get("frame_size"), "dtype": s.get("dtype"),
                          "settings_fingerprint": package.features.settings_fingerprint,
                          "can_caption_videos": package.features.can_extract,
+                         "precision": package.features.precision,
+                         "precision_counts": package.features.precision_counts,
                          "backbones": {role: b.summary() for role, b in package.features.backbones.items()}},
             "provenance": {k: p.get(k) for k in ("run", "checkpoint", "training", "test_scores", "fcvc_version",
                                                  "torch_version", "torchvision_version")}}
@@ -178,8 +189,9 @@ def recipe_from_store(store: FeatureStore, *, embed: Mapping[str, dict[str, torc
                 raise InputError(f"{store.path}/backbones/{record['bn_blob']}", "BatchNorm statistics are not tensors")
             bn = dict(bn)
         backbones[role] = BackboneRecipe(role, dict(record), batchnorm=bn, weights=(embed or {}).get(role))
+    counts = store.precision_counts()
     return FeatureRecipe(settings=store.settings, settings_fingerprint=store.settings_fingerprint,
-                         backbones=backbones)
+                         backbones=backbones, precision=dominant_precision(counts), precision_counts=counts)
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -203,7 +215,8 @@ def _tensors_and_header(package: CaptionerPackage) -> tuple[dict[str, torch.Tens
               "vocabulary_fingerprint": package.vocab.fingerprint(), "decoding": package.decoding.to_json(),
               "features": {"settings": package.features.settings,
                            "settings_fingerprint": package.features.settings_fingerprint,
-                           "backbones": backbones},
+                           "backbones": backbones, "precision": package.features.precision,
+                           "precision_counts": package.features.precision_counts},
               "provenance": package.provenance}
     return tensors, header
 
@@ -358,12 +371,20 @@ def _from_header(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) ->
     settings = features["settings"]
     if not isinstance(settings, dict) or not isinstance(features.get("settings_fingerprint"), str):
         raise TypeError("the feature settings are not recorded")
+    precision = features.get("precision")
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"unknown feature precision {precision!r}")
+    counts = features.get("precision_counts") or {}
+    if not isinstance(counts, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
+                                               for k, v in counts.items()):
+        raise TypeError("the feature precision counts are malformed")
     state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     if not state:
         raise KeyError("no model weights")
     return CaptionerPackage(model_config=ModelConfig.from_json(header["model_config"]), state_dict=state,
                             vocab=vocab, decoding=DecodingOptions.from_json(header["decoding"]),
-                            features=FeatureRecipe(settings, features["settings_fingerprint"], backbones),
+                            features=FeatureRecipe(settings, features["settings_fingerprint"], backbones,
+                                                   precision=precision, precision_counts=dict(counts)),
                             provenance=dict(header.get("provenance") or {}))
 
 
@@ -379,14 +400,16 @@ def check_extractable(recipe: FeatureRecipe) -> None:
 
 
 def build_backbones(recipe: FeatureRecipe, device: torch.device, *,
-                    weights_paths: Mapping[str, str | Path] | None = None, where: str = "the captioner file"
-                    ) -> Backbones:
+                    weights_paths: Mapping[str, str | Path] | None = None, where: str = "the captioner file",
+                    precision: str = "recorded") -> Backbones:
     """The recipe's feature networks on ``device``, rebuilt with no store and no file written: a random
     network from its seed and the BatchNorm statistics the recipe carries, a file network from the
     embedded weights or else from its file (at ``weights_paths[role]`` or its recorded path; missing: a
     :class:`MissingArtifactError` saying how to point at it; changed: a :class:`MismatchError`),
     ``imagenet``/``hub`` from the embedded weights or torch's download cache. Every network is checked
-    against the ``state_sha256`` recorded when the training features were extracted."""
+    against the ``state_sha256`` recorded when the training features were extracted. ``precision``
+    (``recorded|auto|fp32|bf16``, :func:`~fcvc_pipeline.devices.resolve_feature_precision`): the forward's;
+    ``recorded`` is the training features' own."""
     check_extractable(recipe)
     settings = recipe.settings
     if fingerprint(settings) != recipe.settings_fingerprint:
@@ -408,4 +431,5 @@ def build_backbones(recipe: FeatureRecipe, device: torch.device, *,
         modules[role] = network_from_record(role, b.record, where=f"{where} ({role} network)", batchnorm=b.batchnorm,
                                             weights=b.weights, path_override=overrides.get(role), missing_hint=hint)
     clip_info = CLIP_MODELS[settings["clip"]["model"]] if settings.get("clip") else None
-    return Backbones(modules["inception"], modules.get("clip"), clip_info, device)
+    return Backbones(modules["inception"], modules.get("clip"), clip_info, device,
+                     precision=resolve_feature_precision(precision, recipe.precision, device))

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import append_synced_text
-from fcvc_pipeline.devices import check_device_spec, resolve_device
+from fcvc_pipeline.devices import CAPTION_PRECISIONS, check_device_spec, resolve_device, resolve_feature_precision
 from fcvc_pipeline.errors import FilesystemError, InputError, filesystem_error, require
 from fcvc_pipeline.features.extraction import VideoResult, extract_like
 from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
@@ -54,6 +54,9 @@ class CaptionConfig:
     attention: Path | None = None  # directory for one attention figure per video
     device: str = "auto"
     workers: int | None = None
+    # the feature networks' precision: recorded (the training features', devices.resolve_feature_precision) |
+    # auto | fp32 | bf16
+    precision: str = "recorded"
     # JSON Lines file the captions are appended to, OUTPUT_CHUNK videos at a time; videos already in it are
     # skipped, so an interrupted run over thousands of videos goes on where it stopped
     output: Path | None = None
@@ -85,6 +88,8 @@ class CaptionConfig:
                 problems.append(f"--backbone-weights {role}=... is given {roles.count(role)} times")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
+        if self.precision not in CAPTION_PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {self.precision!r})")
         return problems
 
 
@@ -140,17 +145,21 @@ def run_caption(cfg: CaptionConfig) -> CaptionResult:
     weights = dict(cfg.backbone_weights)
     source: FeatureSource | None = None
     if cfg.model is not None:
-        captioner = Captioner.load(cfg.model, device)
+        captioner = Captioner.load(cfg.model, device, precision=cfg.precision)
         progress.log(f"caption: {len(cfg.inputs)} input(s) with {cfg.model} (features computed in memory)")
     else:
         workdir = cfg.workdir or DEFAULT_WORKDIR
         w = Workdir(workdir)
         ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else w.resolve_run(cfg.run) / "best.pt"
-        captioner = Captioner.from_checkpoint(ckpt_path, device)
+        captioner = Captioner.from_checkpoint(ckpt_path, device, precision=cfg.precision)
         ref = training_store(captioner.checkpoint, workdir, ckpt_path)
         captioner.extraction = recipe_from_store(ref)
-        cache = w.caption_features / f"{ref.settings_fingerprint[:16]}.zarr"
-        source = _cached_features(captioner, ref, cache, device=str(device), workers=cfg.workers, weights=weights)
+        precision = resolve_feature_precision(cfg.precision, captioner.extraction.precision, device)
+        # one cache per precision, so a cached video is never reused at another precision than asked for
+        # (fp32 keeps the name caches had before the precision was part of it)
+        cache = w.caption_features / f"{ref.settings_fingerprint[:16]}{'' if precision == 'fp32' else '-' + precision}.zarr"
+        source = _cached_features(captioner, ref, cache, device=str(device), workers=cfg.workers, weights=weights,
+                                  precision=precision)
         progress.log(f"caption: {len(cfg.inputs)} input(s) with {ckpt_path} (features like {ref.path}, kept in {cache})")
     if cfg.output is not None:
         return _caption_into_file(cfg, captioner, weights, source)
@@ -248,7 +257,7 @@ def cache_key(source: VideoSource) -> str:
 
 
 def _cached_features(captioner: Captioner, ref: FeatureStore, cache: Path, *, device: str, workers: int | None,
-                     weights: Mapping[str, Path]) -> FeatureSource:
+                     weights: Mapping[str, Path], precision: str) -> FeatureSource:
     """The videos' features through the cache store (extracted there when missing or changed on disk);
     in memory, with a warning, when the cache cannot be written."""
 
@@ -256,7 +265,7 @@ def _cached_features(captioner: Captioner, ref: FeatureStore, cache: Path, *, de
         keyed = [VideoSource(cache_key(s), s.path) for s in sources]
         try:
             extracted = extract_like(ref.path, keyed, cache, device=device, workers=workers,
-                                     weights_paths=dict(weights))
+                                     weights_paths=dict(weights), precision=precision)
         except Exception as e:  # a refused write may come wrapped by zarr: filesystem_error follows the causes
             refused = e if isinstance(e, FilesystemError) else filesystem_error(e)
             if refused is None:

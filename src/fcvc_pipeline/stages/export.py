@@ -99,6 +99,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         warnings.append(f"{store.path} does not record its feature networks "
                         f"({', '.join(recipe.missing_networks()) or 'no extraction settings'}): the exported "
                         f"captioner can caption features only, not video files")
+    mixed = {p: n for p, n in recipe.precision_counts.items() if n}
+    if len(mixed) > 1:
+        warnings.append(f"{store.path} mixes feature precisions ({', '.join(f'{n} {p}' for p, n in sorted(mixed.items()))}): "
+                        f"the captioner computes new videos' features in {recipe.precision}, the most "
+                        f"common (fcvc caption --precision overrides it)")
     for message in warnings:
         progress.warn(message)
     if cfg.embed_backbones:
@@ -109,6 +114,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                        "checkpoint": checkpoint_sha, "settings": recipe.settings_fingerprint,
                        "records": {r: b.record for r, b in recipe.backbones.items()},
                        "embedded": sorted(r for r, b in recipe.backbones.items() if b.weights is not None),
+                       "precision": [recipe.precision, recipe.precision_counts],
                        "provenance": {k: v for k, v in provenance.items() if k != "exported_from"}})
     provenance["export_key"] = key
     package = CaptionerPackage(model_config=model_config, state_dict=ckpt["state_dict"], vocab=vocab,
@@ -123,7 +129,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     model = result.contents["model"]
     progress.log(f"export: {out} ({result.size_bytes / 1e6:.1f} MB): {model['name']}, {model['parameters']:,} "
                  f"parameters, {len(vocab)} words, beam {decoding.beam_size}, features "
-                 f"{', '.join(f'{r}={b.identity}' for r, b in recipe.backbones.items()) or 'not reproducible'}")
+                 f"{', '.join(f'{r}={b.identity}' for r, b in recipe.backbones.items()) or 'not reproducible'}"
+                 f"{f' in {recipe.precision}' if recipe.precision else ''}")
     return result
 
 

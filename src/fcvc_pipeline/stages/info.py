@@ -104,7 +104,10 @@ def captioner_info(path: Path) -> CaptionerInfo:
                  f"beam {contents['decoding'].get('beam_size')}")
     nets = ", ".join(f"{r} {b['weights']}" + (" (embedded)" if b["weights_embedded"] else "")
                      for r, b in features["backbones"].items()) or "not recorded: stored features only"
-    progress.log(f"  features: {features['frames']} frames at {features['frame_size']} px, {features['dtype']}; {nets}")
+    precision = (f"computed in {features['precision']}" if features.get("precision")
+                 else "precision not recorded (new videos: fcvc extract's auto)")
+    progress.log(f"  features: {features['frames']} frames at {features['frame_size']} px, {features['dtype']}, "
+                 f"{precision}; {nets}")
     progress.log(f"  from run {prov.get('run')}, fcvc {prov.get('fcvc_version')}, torch {prov.get('torch_version')}"
                  + (f"; test CIDEr {prov['test_scores'].get('CIDEr')}" if prov.get("test_scores") else ""))
     return info
