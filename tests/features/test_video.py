@@ -13,6 +13,7 @@ import pytest
 from fcvc_pipeline.errors import ConfigError
 from fcvc_pipeline.features.decode_pool import DecodePool
 from fcvc_pipeline.features.video import (
+    DECODE_THREADS_ENV,
     ClipSpec,
     DecodeError,
     DecodePlan,
@@ -216,6 +217,41 @@ def test_pool_survives_hangs_and_crashes(tmp_path):
     assert outcomes["flaky"].video.decoder == "pyav"  # retried with PyAV after decord hung
     assert "timed out after 3 s" in outcomes["hang"].error and "pyav" in outcomes["hang"].error
     assert "crashed (SIGKILL)" in outcomes["crash"].error
+
+
+def threads_reporting_decode(path, plan, on_stage=None):
+    """Reports, as its error, the thread settings a decode worker runs under: the math libraries' variables
+    and what PyAV's stream is given."""
+    from fcvc_pipeline.features.video import _open_pyav
+
+    container, stream = _open_pyav(Path(path))
+    try:
+        pyav = stream.thread_count
+    finally:
+        container.close()
+    raise DecodeError(" ".join([os.environ.get("OMP_NUM_THREADS", "-"), os.environ.get("MKL_NUM_THREADS", "-"),
+                                os.environ.get("OPENBLAS_NUM_THREADS", "-"), str(pyav)]))
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "1 1 1 1"), ("3", "3 3 3 3")])
+def test_decode_workers_use_their_share_of_the_threads(tmp_path, monkeypatch, setting, expected):
+    path = write_video(tmp_path / "a.mp4", moving_square_frames(3, 32, 32))
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")  # the parent's own setting does not reach the workers
+    if setting is None:
+        monkeypatch.delenv(DECODE_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DECODE_THREADS_ENV, setting)
+    pool = DecodePool(DecodePlan(frames=1, frame_size=75), workers=1, timeout=30,
+                      decode_fn="tests.features.test_video:threads_reporting_decode")
+    (outcome,) = list(pool.imap([VideoSource("a", path)]))
+    assert outcome.error == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_a_bad_decode_thread_setting_fails_before_any_worker(monkeypatch, bad):
+    monkeypatch.setenv(DECODE_THREADS_ENV, bad)
+    with pytest.raises(ConfigError, match=DECODE_THREADS_ENV):
+        DecodePool(DecodePlan(frames=1, frame_size=75), workers=1)
 
 
 def test_pool_consumer_can_stop_early(tmp_path):

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from fcvc_pipeline.features.video import DecodedVideo, DecodeError, DecodePlan, first_line
+from fcvc_pipeline.features.video import DecodedVideo, DecodeError, DecodePlan, decode_threads, first_line
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -113,13 +113,19 @@ def _scratch_file():
     return tempfile.TemporaryFile()
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 class _Slot:
     """One worker process and what it is doing."""
 
-    def __init__(self, decode_fn: str, quiet: bool, start_timeout: float = 60.0):
+    def __init__(self, decode_fn: str, quiet: bool, threads: int, start_timeout: float = 60.0):
         parent, child = socket.socketpair()
         self._err = _scratch_file()
         env = dict(os.environ)
+        # numpy and PIL in the worker: math libraries' thread pools stay at the decoder's share of the cores
+        for name in _THREAD_VARIABLES:
+            env[name] = str(threads)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         code = ("import sys; from fcvc_pipeline.features.decode_pool import worker_main; "
                 "worker_main(int(sys.argv[1]), sys.argv[2], sys.argv[3] == '1')")
@@ -203,6 +209,7 @@ class DecodePool:
         self.prefetch = prefetch if prefetch is not None else 2 * workers
         self.decode_fn = decode_fn
         self.quiet = quiet
+        self.threads = decode_threads()  # checked here, in the parent, so a bad value fails before any worker
         self._stop = threading.Event()
 
     # -- consumer side ------------------------------------------------------------------------
@@ -243,7 +250,7 @@ class DecodePool:
         next_id = 0
         exhausted = False
         try:
-            slots = [_Slot(self.decode_fn, self.quiet) for _ in range(self.workers)]
+            slots = [_Slot(self.decode_fn, self.quiet, self.threads) for _ in range(self.workers)]
             while not self._stop.is_set():
                 # hand out work: one task per idle worker, while the consumer has room
                 for slot in slots:
@@ -337,7 +344,7 @@ class DecodePool:
         culprit = slot.stage or "decoder start"
         seconds = time.monotonic() - slot.started
         slot.kill()
-        fresh = _Slot(self.decode_fn, self.quiet)
+        fresh = _Slot(self.decode_fn, self.quiet, self.threads)
         if culprit == "decord" and task.plan.decoder == "auto" and not task.retried:
             retry.append(replace(task, plan=replace(task.plan, decoder="pyav"), retried=True))
         else:

@@ -347,10 +347,27 @@ def first_line(e: BaseException) -> str:
     return line[:300]
 
 
+# Threads each decoder may use inside one decode worker (decord's num_threads, PyAV's thread_count). One by
+# default: the workers already decode videos in parallel, and the feature forward in the parent process
+# uses every core, so a decoder that also spreads over all cores only oversubscribes them (docs/extract.md
+# has the measurement). ``$FCVC_DECODE_THREADS`` changes it; the decode pool checks it before workers start.
+DECODE_THREADS_ENV = "FCVC_DECODE_THREADS"
+
+
+def decode_threads() -> int:
+    """Threads per decoder: ``$FCVC_DECODE_THREADS`` (a positive integer) or 1; a bad value is a ConfigError."""
+    raw = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"${DECODE_THREADS_ENV} must be a positive integer (got {raw!r})")
+    return int(raw)
+
+
 def _decode_decord(path: Path, plan: DecodePlan) -> DecodedVideo:
     import decord  # noqa: PLC0415 -- decoder libraries load in the decode worker that uses them
 
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=decode_threads())
     total = len(vr)
     if total < 1:
         raise DecodeError("decord found no video frames")
@@ -381,6 +398,7 @@ def _open_pyav(path: Path):
         raise DecodeError("no video stream in the file" + (f" (it has: {', '.join(kinds)})" if kinds else ""))
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    stream.thread_count = decode_threads()  # FFmpeg's default (0) is one thread per core: see DECODE_THREADS_ENV
     return container, stream
 
 
