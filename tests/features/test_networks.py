@@ -134,3 +134,17 @@ def test_precision_is_recorded_per_video_and_leaves_the_networks_as_recorded(tmp
     store = FeatureStore.open(fp32_path)
     assert {vid: store.video_attrs(vid)["precision"] for vid in store.completed_ids()} == {
         "clip00": "fp32", "clip01": "fp32", "clip02": "bf16-autocast"}
+    assert store.precision_counts() == {"fp32": 2, "bf16": 1}
+
+
+@pytest.mark.parametrize("kept", ["fp32", "bf16"])
+def test_auto_adds_videos_to_a_store_in_its_own_precision(tmp_path, kept):
+    """Whatever ``auto`` would pick on this machine, a store that has videos keeps their precision."""
+    make_corpus(tmp_path / "v", 2)
+    make_corpus(tmp_path / "more", 3)
+    (tmp_path / "more" / "clip00.mp4").unlink()
+    (tmp_path / "more" / "clip01.mp4").unlink()
+    path = tmp_path / "s.zarr"
+    assert run_extract(cfg([tmp_path / "v"], path, precision=kept)).completed == 2
+    assert run_extract(cfg([tmp_path / "v", tmp_path / "more"], path, precision="auto")).completed == 1
+    assert FeatureStore.open(path).precision_counts() == {kept: 3}

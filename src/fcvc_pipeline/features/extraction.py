@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fcvc_pipeline import progress
-from fcvc_pipeline.devices import device_for_rank
+from fcvc_pipeline.devices import device_for_rank, dominant_precision
 from fcvc_pipeline.errors import EXIT_ITEM_FAILURES, EXIT_OK, FcvcError, MismatchError, StoppedBySignal
 from fcvc_pipeline.features.backbones import (
     build_clip_model,
@@ -170,8 +170,13 @@ def _run_extraction(job: ExtractionJob, t0: float, extracted: list[int], *, refe
         return calibration_data(job.sources, plan, job.calibration_frames, workers=workers, timeout=job.timeout)
 
     choices = {"inception": job.inception, "clip": job.clip}
+    precision = job.precision
+    if precision == "auto":  # a store keeps the precision it has: auto adds videos in its videos' precision
+        precision = dominant_precision(store.precision_counts()) or "auto"
+        if precision != "auto":
+            progress.debug(f"{store_path}: --precision auto follows the store's videos ({precision})")
     backbones = prepare_backbones(store, settings, choices, device, calibration, reference=reference,
-                                  path_overrides=path_overrides, precision=job.precision,
+                                  path_overrides=path_overrides, precision=precision,
                                   channels_last=job.channels_last)
     run_attrs = {"device": str(device), "precision": backbones.precision}
     with progress.bar(total=len(todo), desc="extract", unit="video") as bar:
