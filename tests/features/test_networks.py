@@ -40,10 +40,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
 
 
-def test_auto_is_bf16_on_cuda_and_on_cpus_only_when_allowed(monkeypatch):
+def test_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     assert cpu_has_bf16() and resolve_precision("auto", CPU, cpu_bf16_by_default=True) == "bf16"
-    assert resolve_precision("auto", CPU) == "fp32"  # extraction keeps fp32 on CPUs (devices.py says why)
+    assert resolve_precision("auto", CPU) == "bf16"  # extraction's default (devices.py has the quality guard)
     assert resolve_precision("auto", "cpu", cpu_bf16_by_default=False) == "fp32"
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     assert not cpu_has_bf16() and resolve_precision("auto", CPU) == "fp32"
@@ -56,7 +56,7 @@ def test_auto_is_bf16_on_cuda_and_on_cpus_only_when_allowed(monkeypatch):
     net = InceptionFeatures(build_inception_v3(seed=0))
     assert Backbones(net, None, None, CPU).precision == "fp32"  # auto, no bf16 units
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    assert Backbones(net, None, None, CPU).precision == "fp32"  # auto on a CPU: fp32 (EXTRACT_CPU_BF16_BY_DEFAULT)
+    assert Backbones(net, None, None, CPU).precision == "bf16-autocast"  # auto on a CPU with bf16 units
     assert Backbones(net, None, None, CPU, precision="bf16").precision == "bf16-autocast"  # CUDA's string
     assert Backbones(net, None, None, CPU, precision="fp32").precision == "fp32"
 
@@ -106,6 +106,24 @@ def test_c3d_in_channels_last_3d_and_bf16(one_thread):
     assert ref.dtype == np.float32 and ref.shape == (2, 4096)
     assert _rel(new.clips(clips), ref) < 1e-5  # C3D (random, no BatchNorm) is not chaotic: as with trained weights
     assert 1e-4 < _rel(bf16.clips(clips), ref) < 1e-2 and _cosine(bf16.clips(clips), ref) > 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["x3d_m", "slow_r50", "r2plus1d_r50"])
+def test_pytorchvideo_models_in_channels_last_3d_give_the_contiguous_features(name, one_thread):
+    """One clip at the model's own size (random weights): the layout changes no value beyond fp32 rounding."""
+    info = CLIP_MODELS[name]
+    net = build_clip_model(name, seed=0)
+    clips = random_frames(info.clip.length, info.clip.crop, info.clip.crop, seed=4)[None]
+    inception = InceptionFeatures(build_inception_v3(seed=0))
+    old = Backbones(inception, copy.deepcopy(net), info, CPU, precision="fp32", channels_last=False)
+    new = Backbones(inception, copy.deepcopy(net), info, CPU, precision="fp32")
+    assert new.clips_channels_last and new.clip_inputs(clips).is_contiguous(memory_format=torch.channels_last_3d)
+    conv = next(m for m in new.clip.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) and conv.weight.dim() == 5
+    ref = old.clips(clips)
+    assert ref.shape == (1, info.dim) and np.abs(ref).max() > 0
+    assert _rel(new.clips(clips), ref) < 1e-5
 
 
 def test_precision_is_recorded_per_video_and_leaves_the_networks_as_recorded(tmp_path):

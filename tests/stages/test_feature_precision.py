@@ -4,7 +4,7 @@
 A work directory extracted in bf16 (random Inception-V3, 75 px, 4 frames, six generated videos): the
 exported file says bf16, the captioner's networks run in bf16, and the features it computes for the
 training videos equal the stored ones exactly (an fp32 forward does not give them). A file that predates
-the record falls back to ``auto``.
+the record keeps the rule it was made under (fp32 on CPUs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcvc_pipeline.cli import main
-from fcvc_pipeline.devices import dominant_precision, resolve_feature_precision
+from fcvc_pipeline.devices import CPU_BF16_ENV, dominant_precision, resolve_feature_precision
 from fcvc_pipeline.errors import ConfigError
 from fcvc_pipeline.features.store import FeatureStore
 from fcvc_pipeline.features.video import list_videos_in_order
@@ -36,13 +36,16 @@ def bf16_work(tmp_path_factory):
     return work, videos, out
 
 
-def test_dominant_precision_and_the_caption_choice():
+def test_dominant_precision_and_the_caption_choice(monkeypatch):
     assert dominant_precision({}) is None and dominant_precision({"unrecorded": 4}) is None
     assert dominant_precision({"bf16": 3, "fp32": 2, "unrecorded": 9}) == "bf16"
     assert dominant_precision({"bf16": 2, "fp32": 2}) == "fp32"  # a tie: the exact one
     assert dominant_precision({"fp32": 1, "bf16": 0}) == "fp32"
     assert resolve_feature_precision("recorded", "bf16", "cpu") == "bf16"
-    assert resolve_feature_precision("recorded", None, "cpu") == "fp32"  # auto on a CPU (devices.py)
+    # a model that does not record it: the rule of its time, fp32 on CPUs whatever auto is now
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert resolve_feature_precision("recorded", None, "cpu") == "fp32"
+    assert resolve_feature_precision("auto", None, "cpu") == "bf16"
     assert resolve_feature_precision("recorded", None, "cuda") == "bf16"
     assert resolve_feature_precision("fp32", "bf16", "cpu") == "fp32"
     with pytest.raises(ConfigError, match="--precision"):
@@ -95,13 +98,15 @@ def test_caption_in_the_workdir_keeps_bf16_features_apart(bf16_work, one_thread)
     assert bad.exit_code == 2
 
 
-def test_a_file_without_the_record_uses_auto(bf16_work, tmp_path, one_thread):
+def test_a_file_without_the_record_keeps_the_rule_of_its_time(bf16_work, tmp_path, monkeypatch, one_thread):
+    """Exported before the record, its features were fp32 on a CPU: that stays, though auto is bf16 now."""
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
     _, _, out = bf16_work
     package = read_package(out)
     package.features.precision, package.features.precision_counts = None, {}
     old = tmp_path / "old.fcvc"
     write_package(old, package)
     assert read_package(old).features.precision is None
-    assert Captioner.load(old, device="cpu").backbones().precision == "fp32"  # auto on a CPU
+    assert Captioner.load(old, device="cpu").backbones().precision == "fp32"
     info = CliRunner().invoke(main, ["info", str(old)])
     assert "precision not recorded" in info.stderr

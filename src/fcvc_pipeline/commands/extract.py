@@ -27,9 +27,10 @@ from fcvc_pipeline.commands.common import Choice, common_options, run_and_exit
               help="C3D (Sports-1M, fc6) or a pytorchvideo hub backbone.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--precision", type=Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="The networks' arithmetic: bf16 (bfloat16 autocast, about 3x faster on CPUs with bf16 units, "
-                   "features within about 1e-2) or fp32. auto: bf16 on CUDA and on CPUs with AMX or AVX512-BF16, "
-                   "fp32 elsewhere. Each video records its precision; a store may mix them (fcvc info shows it).")
+              help="The networks' arithmetic: bf16 (bfloat16 autocast; on CPUs with bf16 units about 1.4x faster "
+                   "than fp32 end to end) or fp32. auto: the precision of the store's videos when it has some, "
+                   "else bf16 on CUDA and on CPUs with AMX or AVX512-BF16 (FCVC_CPU_BF16=0 turns that off) and fp32 "
+                   "elsewhere. Each video records its precision; a store may mix them (fcvc info shows it).")
 @click.option("--batch-size", type=int, default=None,
               help="Frames per Inception forward (clips per clip forward: a quarter). Default: whole videos, "
                    "about 16 frames on CPU and 128 on CUDA.")

@@ -30,7 +30,7 @@ from PIL import Image
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.devices import CAPTION_PRECISIONS, resolve_device
+from fcvc_pipeline.devices import check_feature_precision_spec, resolve_device
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import (
@@ -466,5 +466,5 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
 
 
 def _check_feature_precision(precision: str) -> None:
-    if precision not in CAPTION_PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {precision!r})")
+    if (problem := check_feature_precision_spec(precision)) is not None:
+        raise ConfigError(problem)

@@ -28,7 +28,12 @@ from typing import Any, Iterator, Mapping
 
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import append_synced_text
-from fcvc_pipeline.devices import CAPTION_PRECISIONS, check_device_spec, resolve_device, resolve_feature_precision
+from fcvc_pipeline.devices import (
+    check_device_spec,
+    check_feature_precision_spec,
+    resolve_device,
+    resolve_feature_precision,
+)
 from fcvc_pipeline.errors import FilesystemError, InputError, filesystem_error, require
 from fcvc_pipeline.features.extraction import VideoResult, extract_like
 from fcvc_pipeline.features.store import DamagedVideoError, FeatureStore
@@ -88,8 +93,8 @@ class CaptionConfig:
                 problems.append(f"--backbone-weights {role}=... is given {roles.count(role)} times")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
-        if self.precision not in CAPTION_PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {self.precision!r})")
+        if (p := check_feature_precision_spec(self.precision)) is not None:
+            problems.append(p)
         return problems
 
 
