@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from fcvc_pipeline.cli import main
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError
 from fcvc_pipeline.features.store import FeatureStore
+from fcvc_pipeline.features.video import DECODE_THREADS_ENV
 from fcvc_pipeline.stages.extract import ExtractConfig, extract_like, run_extract
 from tests.videos import (
     has_encoder,
@@ -587,12 +588,14 @@ def test_random_weights_with_no_decodable_video_say_why(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_extract_prints_side_by_side_figures():
+def test_bench_extract_prints_side_by_side_figures(monkeypatch):
+    monkeypatch.setenv(DECODE_THREADS_ENV, "1")  # the bench sets it for its run: monkeypatch restores it after
     out = CliRunner().invoke(main, ["bench", "extract", "--json", "--videos", "2", "--c3d-videos", "0",
                                     "--frames", "2", "--frame-size", "75", "--video-frames", "10",
-                                    "--workers", "1"])
+                                    "--workers", "1", "--decode-threads", "2"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
+    assert doc["decode_threads"] == 2
     fig = doc["frames_only"]
     assert fig["videos"] == 2 and fig["frames"] == 4 and fig["bare_frames_per_s"] > 0 and fig["ratio"] > 0
     assert 0 < fig["e2e_compute_share"] <= 1 and "frames_and_c3d" not in doc

@@ -19,6 +19,7 @@ weight values.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -41,7 +42,8 @@ from fcvc_pipeline.features.extraction import default_workers_and_batch, run_ext
 from fcvc_pipeline.features.networks import Backbones, load_from_record
 from fcvc_pipeline.features.settings import decode_plan
 from fcvc_pipeline.features.store import FeatureStore
-from fcvc_pipeline.features.video import list_videos
+from fcvc_pipeline.features.video import DECODE_THREADS_ENV, list_videos
+from fcvc_pipeline.features.video import decode_threads as video_decode_threads
 from fcvc_pipeline.stages.extract import ExtractConfig
 
 TARGET_RATIO = 0.85
@@ -274,6 +276,8 @@ def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: i
 @click.option("--workers", type=int, default=None)
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads of the forward (default: torch's, after fcvc's own default).")
+@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
+              help=f"Threads per decoder in the decode workers (sets ${DECODE_THREADS_ENV} for the run; default 1).")
 @click.option("--modes", default=",".join(MODES), show_default=True,
               help=f"Comma-separated, measured side by side in interleaved rounds: {', '.join(MODES)}.")
 @click.option("--rounds", type=int, default=1, show_default=True,
@@ -288,7 +292,7 @@ def _measure(label: str, folder: Path, work: Path, *, frames: int, frame_size: i
 @click.option("--json", "json_out", is_flag=True, help="Print the figures as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True)
 def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_size, device, batch_size, workers,
-                  threads, modes, rounds, compile_, bare_videos, keep, json_out, verbose):
+                  threads, decode_threads, modes, rounds, compile_, bare_videos, keep, json_out, verbose):
     """Extraction throughput (videos/s, frames/s) vs the bare backbone forward, with and without C3D, for
     fp32-contiguous (the old CPU path), fp32-channels-last and bf16-channels-last side by side, and the
     features of each against fp32-contiguous."""
@@ -300,6 +304,8 @@ def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_si
         compile_modes = [m for m in chosen if MODES[m][1]] if compile_ else []
         if threads:
             torch.set_num_threads(threads)
+        if decode_threads:  # the decode workers inherit the environment when they start
+            os.environ[DECODE_THREADS_ENV] = str(decode_threads)
         w, h = (int(x) for x in video_size.lower().split("x"))
         with tempfile.TemporaryDirectory(prefix="fcvc-bench-extract-") as tmp:
             root = Path(keep) if keep else Path(tmp)
@@ -311,7 +317,8 @@ def bench_extract(videos, c3d_videos, video_frames, video_size, frames, frame_si
             report: dict[str, Any] = {
                 "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                 "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(), "frames_per_video": frames, "frame_size": frame_size,
+                "torch_threads": torch.get_num_threads(), "decode_threads": video_decode_threads(),
+                "frames_per_video": frames, "frame_size": frame_size,
                 "video": f"{w}x{h}, {video_frames} frames, H.264", "weights": "random (throughput only)",
                 "writing_videos_seconds": round(time.perf_counter() - t0, 2),
             }
