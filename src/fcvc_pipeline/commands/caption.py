@@ -33,7 +33,7 @@ from fcvc_pipeline.naming import tsv_field
 @click.option("--precision", type=click.Choice(["recorded", "auto", "fp32", "bf16"]), default="recorded",
               show_default=True,
               help="The feature networks' precision: recorded = the one the model's training features were "
-                   "computed in (auto's choice for a model that does not record it); the others as fcvc extract's.")
+                   "computed in (for a model that does not record it: fp32 on CPUs, bf16 on CUDA); the others as fcvc extract's.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append the captions to this JSON Lines file (one object per video, with its path), 64 videos "
                    "at a time, instead of printing them; videos already in the file are skipped, so a large "

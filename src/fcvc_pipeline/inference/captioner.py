@@ -170,8 +170,9 @@ class Captioner:
         """Load a ``.fcvc`` captioner file (``fcvc export``); ``device``: auto | cpu | cuda | cuda:N.
 
         ``precision``: the feature networks' for new videos: ``recorded`` (default) is the precision the
-        training features were computed in, as the file records it (``auto``'s choice for a file that does
-        not); ``auto``, ``fp32`` or ``bf16`` override it (``fcvc extract --precision``).
+        training features were computed in, as the file records it (for a file that does not: fp32 on CPUs,
+        bf16 on CUDA, the rule such files were made under); ``auto``, ``fp32`` or ``bf16`` override it
+        (``fcvc extract --precision``).
 
         The file is checked whole before anything is built (format, version, digest): a damaged,
         truncated or foreign file is an :class:`~fcvc_pipeline.errors.InputError` naming it, and nothing

@@ -105,7 +105,7 @@ def captioner_info(path: Path) -> CaptionerInfo:
     nets = ", ".join(f"{r} {b['weights']}" + (" (embedded)" if b["weights_embedded"] else "")
                      for r, b in features["backbones"].items()) or "not recorded: stored features only"
     precision = (f"computed in {features['precision']}" if features.get("precision")
-                 else "precision not recorded (new videos: fcvc extract's auto)")
+                 else "precision not recorded (new videos: fp32 on CPUs, bf16 on CUDA)")
     progress.log(f"  features: {features['frames']} frames at {features['frame_size']} px, {features['dtype']}, "
                  f"{precision}; {nets}")
     progress.log(f"  from run {prov.get('run')}, fcvc {prov.get('fcvc_version')}, torch {prov.get('torch_version')}"
