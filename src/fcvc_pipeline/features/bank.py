@@ -60,6 +60,13 @@ class FeatureBank:
     clips: torch.Tensor | None  # [V, N, clip_dim]
     regions: torch.Tensor | None  # [V, N, M, region_dim]
 
+    @classmethod
+    def from_arrays(cls, video_ids: Sequence[str], arrays: dict[str, np.ndarray]) -> "FeatureBank":
+        """A bank over ``arrays`` (bank field -> array with a row per video), sharing their memory."""
+        tensor = lambda name: torch.from_numpy(arrays[name]) if name in arrays else None  # noqa: E731
+        return cls(video_ids=list(video_ids), frames=tensor("frames"), clips=tensor("clips"),
+                   regions=tensor("regions"))
+
     def index(self) -> dict[str, int]:
         return {v: i for i, v in enumerate(self.video_ids)}
 
@@ -156,9 +163,7 @@ def load_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, regions:
             arrays[field][i] = a
     if damaged:
         raise DamagedFeaturesError(store.path, damaged, len(video_ids))
-    tensor = lambda name: torch.from_numpy(arrays[name]) if name in arrays else None  # noqa: E731
-    return FeatureBank(video_ids=list(video_ids), frames=tensor("frames"), clips=tensor("clips"),
-                       regions=tensor("regions"))
+    return FeatureBank.from_arrays(video_ids, arrays)
 
 
 class StoreBank:
@@ -314,6 +319,4 @@ def shared_feature_bank(store: FeatureStore, video_ids: Sequence[str], *, region
     fields = json.loads(done.read_text(encoding="utf-8"))["fields"]
     # copy-on-write mappings: writable tensors for torch, pages shared until someone writes (nobody does)
     arrays = {field: np.load(folder / f"{field}.npy", mmap_mode="c") for field in fields}
-    tensor = lambda name: torch.from_numpy(arrays[name]) if name in arrays else None  # noqa: E731
-    return FeatureBank(video_ids=list(video_ids), frames=tensor("frames"), clips=tensor("clips"),
-                       regions=tensor("regions"))
+    return FeatureBank.from_arrays(video_ids, arrays)
