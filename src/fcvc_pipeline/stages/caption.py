@@ -253,7 +253,6 @@ def read_output_lines(path: Path) -> set[str]:
     return done
 
 
-
 def cache_key(source: VideoSource) -> str:
     """The id a video file's features have in ``caption-features/``: its stem and a hash of its absolute
     path, so two files with one name never share an entry and a file keeps its entry across calls."""
