@@ -49,7 +49,8 @@ def device_for_rank(spec: str) -> torch.device:
 # --------------------------------------------------------------------------------------------------
 # Precision: ``--precision auto|fp32|bf16`` for the feature networks (and ``auto`` in training)
 # --------------------------------------------------------------------------------------------------
-PRECISIONS = ("auto", "fp32", "bf16")
+COMPUTED_PRECISIONS = ("fp32", "bf16")  # what a network computes in (and a store or a model records)
+PRECISIONS = ("auto",) + COMPUTED_PRECISIONS
 CPU_BF16_ENV = "FCVC_CPU_BF16"  # 1/0: override the detection of bf16 units (tests, odd machines)
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # ``--precision auto`` of ``fcvc extract`` on CPUs with bf16 units: on. Measured on the demo's sample set (450
@@ -104,20 +105,24 @@ def _detected_bf16() -> bool:
     return _DETECTED[0]
 
 
-def check_precision_spec(spec: str) -> str | None:
-    """Return a problem description for a bad ``--precision`` value, or None."""
-    if spec not in PRECISIONS:
-        return f"--precision must be one of {', '.join(PRECISIONS)} (got {spec!r})"
+def check_precision_spec(spec: str, choices: tuple[str, ...] = PRECISIONS) -> str | None:
+    """Return a problem description for a ``--precision`` value not among ``choices``, or None."""
+    if spec not in choices:
+        return f"--precision must be one of {', '.join(choices)} (got {spec!r})"
     return None
+
+
+def require_precision_spec(spec: str, choices: tuple[str, ...] = PRECISIONS) -> None:
+    """:func:`check_precision_spec`, raising its problem as a :class:`ConfigError`."""
+    if (problem := check_precision_spec(spec, choices)) is not None:
+        raise ConfigError(problem)
 
 
 def resolve_precision(spec: str, device: torch.device | str, *, cpu_bf16_by_default: bool | None = None) -> str:
     """``auto|fp32|bf16`` -> ``fp32`` or ``bf16`` on ``device``: ``auto`` is bf16 on CUDA and on CPUs with
     bf16 units (:func:`cpu_has_bf16`, while ``cpu_bf16_by_default``, by default
     :data:`EXTRACT_CPU_BF16_BY_DEFAULT`, allows it), fp32 elsewhere. ``bf16`` is honoured on any device."""
-    problem = check_precision_spec(spec)
-    if problem:
-        raise ConfigError(problem)
+    require_precision_spec(spec)
     if spec != "auto":
         return spec
     kind = torch.device(device).type
@@ -136,17 +141,10 @@ CAPTION_PRECISIONS = ("recorded",) + PRECISIONS
 def dominant_precision(counts: dict[str, int]) -> str | None:
     """The precision most of a store's videos were computed in (``fp32`` on a tie), from
     ``FeatureStore.precision_counts``; None when no video recorded one (a store older than the records)."""
-    known = {p: n for p, n in counts.items() if p in ("fp32", "bf16") and n > 0}
+    known = {p: n for p, n in counts.items() if p in COMPUTED_PRECISIONS and n > 0}
     if not known:
         return None
-    return max(("fp32", "bf16"), key=lambda p: (known.get(p, 0), p == "fp32"))
-
-
-def check_feature_precision_spec(spec: str) -> str | None:
-    """Return a problem description for a bad ``recorded|auto|fp32|bf16`` value, or None."""
-    if spec not in CAPTION_PRECISIONS:
-        return f"--precision must be one of {', '.join(CAPTION_PRECISIONS)} (got {spec!r})"
-    return None
+    return max(COMPUTED_PRECISIONS, key=lambda p: (known.get(p, 0), p == "fp32"))
 
 
 def resolve_feature_precision(spec: str, recorded: str | None, device: torch.device | str) -> str:
@@ -154,10 +152,9 @@ def resolve_feature_precision(spec: str, recorded: str | None, device: torch.dev
     ``recorded`` is the training features' precision (``recorded``); for a model that does not record one
     (a file exported before the record) it is what ``auto`` meant when such files were made: fp32 on CPUs,
     bf16 on CUDA."""
-    if (problem := check_feature_precision_spec(spec)) is not None:
-        raise ConfigError(problem)
+    require_precision_spec(spec, CAPTION_PRECISIONS)
     if spec == "recorded":
-        if recorded in ("fp32", "bf16"):
+        if recorded in COMPUTED_PRECISIONS:
             return recorded
         # not recorded: the rule these features were computed under (fp32 on CPUs, bf16 on CUDA)
         return resolve_precision("auto", device, cpu_bf16_by_default=LEGACY_CPU_BF16_BY_DEFAULT)

@@ -30,8 +30,8 @@ from PIL import Image
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import atomic_write_json, file_sha256, read_cached, write_cached
 from fcvc_pipeline.captions.vocabulary import Vocabulary, load_captions, load_vocabulary
-from fcvc_pipeline.devices import check_feature_precision_spec, resolve_device
-from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError, require
+from fcvc_pipeline.devices import CAPTION_PRECISIONS, require_precision_spec, resolve_device
+from fcvc_pipeline.errors import InputError, MismatchError, MissingArtifactError, require
 from fcvc_pipeline.evaluation.metrics import score_captions
 from fcvc_pipeline.features.bank import (
     FeatureBank,
@@ -154,7 +154,7 @@ class Captioner:
         """Load ``path`` (or use the already loaded ``checkpoint`` of it). ``extraction``: the recipe of the
         store it was trained on (``recipe_from_store``), so that :meth:`caption` takes video files.
         ``precision``: as for :meth:`load`."""
-        _check_feature_precision(precision)
+        require_precision_spec(precision, CAPTION_PRECISIONS)
         path = Path(path)
         dev = torch.device(device)
         ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
@@ -178,7 +178,7 @@ class Captioner:
         truncated or foreign file is an :class:`~fcvc_pipeline.errors.InputError` naming it, and nothing
         in it is executed.
         """
-        _check_feature_precision(precision)
+        require_precision_spec(precision, CAPTION_PRECISIONS)
         path = Path(path)
         package = read_package(path)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -464,8 +464,3 @@ def caption_split(workdir: Path, run: str | None, split: str, *, beam_size: int 
     atomic_write_json(out, items)
     write_cached(key_file, key, file_sha256(out))
     return out
-
-
-def _check_feature_precision(precision: str) -> None:
-    if (problem := check_feature_precision_spec(precision)) is not None:
-        raise ConfigError(problem)

@@ -57,7 +57,7 @@ from torch import nn
 
 from fcvc_pipeline.artifacts import atomic_write_bytes, fingerprint
 from fcvc_pipeline.captions.vocabulary import Vocabulary
-from fcvc_pipeline.devices import dominant_precision, resolve_feature_precision
+from fcvc_pipeline.devices import COMPUTED_PRECISIONS, dominant_precision, resolve_feature_precision
 from fcvc_pipeline.errors import ConfigError, InputError, MismatchError, MissingArtifactError
 from fcvc_pipeline.features.backbones import CLIP_MODELS
 from fcvc_pipeline.features.networks import Backbones, network_from_record
@@ -372,7 +372,7 @@ def _from_header(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) ->
     if not isinstance(settings, dict) or not isinstance(features.get("settings_fingerprint"), str):
         raise TypeError("the feature settings are not recorded")
     precision = features.get("precision")
-    if precision not in (None, "fp32", "bf16"):
+    if precision is not None and precision not in COMPUTED_PRECISIONS:
         raise ValueError(f"unknown feature precision {precision!r}")
     counts = features.get("precision_counts") or {}
     if not isinstance(counts, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0

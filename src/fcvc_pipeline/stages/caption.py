@@ -29,8 +29,9 @@ from typing import Any, Iterator, Mapping
 from fcvc_pipeline import progress
 from fcvc_pipeline.artifacts import append_synced_text
 from fcvc_pipeline.devices import (
+    CAPTION_PRECISIONS,
     check_device_spec,
-    check_feature_precision_spec,
+    check_precision_spec,
     resolve_device,
     resolve_feature_precision,
 )
@@ -93,7 +94,7 @@ class CaptionConfig:
                 problems.append(f"--backbone-weights {role}=... is given {roles.count(role)} times")
         if (p := check_device_spec(self.device)) is not None:
             problems.append(p)
-        if (p := check_feature_precision_spec(self.precision)) is not None:
+        if (p := check_precision_spec(self.precision, CAPTION_PRECISIONS)) is not None:
             problems.append(p)
         return problems
 
